@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code for agent.proto (see agent/protocols/README)."""

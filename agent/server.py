@@ -1,0 +1,121 @@
+"""The agent's gRPC services: thin handlers that log, delegate, map errors.
+
+Each RPC handler calls one `do_*` function and every exception goes through
+`errors.status_for`, the single exception → status-code mapping. The server
+listens on vsock port 1024 in the guest; tests run it on a unix socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+from typing import Any, TypeVar
+
+import google.protobuf
+import grpc
+from kata_py.agent import guest, shared
+from kata_py.agent.errors import status_for
+from kata_py.agent.protocols import agent_pb2 as pb
+from kata_py.agent.protocols import agent_pb2_grpc as pb_grpc
+
+from kata_py import __version__
+
+log = logging.getLogger(__name__)
+
+VSOCK_PORT = 1024
+VSOCK_LISTEN = f"vsock:4294967295:{VSOCK_PORT}"  # VMADDR_CID_ANY
+SERVER_THREADS = 8
+
+R = TypeVar("R")
+
+
+def _handle(context: grpc.ServicerContext, name: str, fn: Callable[[], R]) -> R:
+    log.debug("rpc %s", name)
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - every error becomes a status
+        code, message = status_for(exc)
+        log.log(logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO,
+                "rpc %s failed: %s: %s", name, code.name, message,
+                exc_info=code == grpc.StatusCode.INTERNAL)
+        context.abort(code, message)
+        raise  # unreachable: abort raises
+
+
+class HealthService(pb_grpc.HealthServicer):
+    def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> Any:
+        return pb.HealthCheckResponse(status=pb.HealthCheckResponse.SERVING)
+
+    def Version(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> Any:
+        return pb.VersionCheckResponse(
+            grpc_version=grpc.__version__,
+            agent_version=__version__,
+            protobuf_version=google.protobuf.__version__,
+            python_version=sys.version.split()[0],
+        )
+
+
+class AgentService(pb_grpc.AgentServiceServicer):
+    def __init__(self, shared_dir: Path, on_destroy: Callable[[], None]) -> None:
+        self.shared_dir = shared_dir
+        self.on_destroy = on_destroy
+
+    def GetGuestDetails(self, request: pb.GuestDetailsRequest,
+                        context: grpc.ServicerContext) -> Any:
+        return _handle(context, "GetGuestDetails", self.do_get_guest_details)
+
+    def ReadSharedFile(self, request: pb.ReadSharedFileRequest,
+                       context: grpc.ServicerContext) -> Any:
+        return _handle(context, "ReadSharedFile",
+                       lambda: self.do_read_shared_file(request.path, request.max_bytes))
+
+    def DestroySandbox(self, request: pb.DestroySandboxRequest,
+                       context: grpc.ServicerContext) -> Any:
+        return _handle(context, "DestroySandbox", self.do_destroy_sandbox)
+
+    def do_get_guest_details(self) -> pb.GuestDetailsResponse:
+        facts = guest.read_facts()
+        return pb.GuestDetailsResponse(
+            kernel_release=facts.kernel_release,
+            mem_total_bytes=facts.mem_total_bytes,
+            online_cpus=facts.online_cpus,
+            agent_version=__version__,
+            shared_dir=str(self.shared_dir),
+            shared_dir_mounted=guest.is_mountpoint(self.shared_dir),
+            uptime_seconds=facts.uptime_seconds,
+        )
+
+    def do_read_shared_file(self, path: str, max_bytes: int) -> pb.ReadSharedFileResponse:
+        data, size = shared.read_file(self.shared_dir, path, max_bytes)
+        return pb.ReadSharedFileResponse(data=data, size=size)
+
+    def do_destroy_sandbox(self) -> pb.Empty:
+        log.info("sandbox destroy requested")
+        self.on_destroy()
+        return pb.Empty()
+
+
+class AgentServer:
+    """The gRPC server plus the event that ends it (DestroySandbox)."""
+
+    def __init__(self, listen: str, shared_dir: Path) -> None:
+        self.stopping = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS))
+        pb_grpc.add_HealthServicer_to_server(HealthService(), self.server)
+        pb_grpc.add_AgentServiceServicer_to_server(
+            AgentService(shared_dir, self.stopping.set), self.server)
+        if self.server.add_insecure_port(listen) == 0 and not listen.startswith("vsock:"):
+            raise OSError(f"cannot listen on {listen}")
+        self.listen = listen
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("agent %s listening on %s", __version__, self.listen)
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        """Finish in-flight RPCs (so DestroySandbox's reply is sent), then stop."""
+        self.server.stop(grace_s).wait()

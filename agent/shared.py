@@ -1,0 +1,38 @@
+"""Access to the virtio-fs share (tag kataShared) from inside the guest.
+
+Owns path resolution below the share's mount point: every path the host
+names is relative to the share and may not escape it (no `..`, no absolute
+paths, no symlinks pointing outside).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kata_py.agent.errors import InvalidArgument
+
+SHARED_DIR = Path("/run/kata-py/shared")
+READ_CAP_BYTES = 4 * 1024 * 1024
+
+
+def resolve(root: Path, relative: str) -> Path:
+    """The absolute path of `relative` below `root`; refuses escapes."""
+    if not relative or relative.startswith("/"):
+        raise InvalidArgument(f"shared path {relative!r} must be relative to the share's root")
+    if ".." in Path(relative).parts:
+        raise InvalidArgument(f"shared path {relative!r} may not contain '..'")
+    real_root = root.resolve()
+    path = (real_root / relative).resolve()
+    if path != real_root and real_root not in path.parents:
+        raise InvalidArgument(f"shared path {relative!r} leads outside the share")
+    return path
+
+
+def read_file(root: Path, relative: str, max_bytes: int) -> tuple[bytes, int]:
+    """Up to max_bytes (0: READ_CAP_BYTES) of a shared file, and its full size."""
+    cap = min(max_bytes or READ_CAP_BYTES, READ_CAP_BYTES)
+    path = resolve(root, relative)
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        return f.read(cap), size

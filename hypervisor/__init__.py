@@ -1,0 +1,1 @@
+"""Hypervisor layer: QEMU, virtiofsd, vsock transports, accelerator probe."""

@@ -1,0 +1,138 @@
+"""Host processes kata-py starts and must be able to stop later: identity by
+pid *and* start time (so a reused pid is never signalled), liveness, and the
+stop ladder SIGTERM → SIGKILL → wait.
+
+The processes may be our children (started in this process) or not (a later
+`kata-py` invocation, or QEMU after `-daemonize`), so liveness reads /proc
+rather than relying on waitpid, and reaps when the process is our child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.01
+TERM_TIMEOUT_S = 2.0
+KILL_TIMEOUT_S = 2.0
+
+
+def read_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses.
+    return raw[raw.rindex(")") + 2:].split()
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A process we started, identified by pid and start time."""
+
+    pid: int
+    start_time: int
+    name: str = ""
+
+    @classmethod
+    def of(cls, pid: int, name: str = "") -> ProcessRef:
+        start = read_start_time(pid)
+        if start is None:
+            raise ProcessLookupError(f"{name or 'process'} {pid} is not running")
+        return cls(pid, start, name)
+
+    def alive(self) -> bool:
+        """Running (not a zombie) and still the same process as when recorded."""
+        fields = _stat_fields(self.pid)
+        if fields is None or int(fields[19]) != self.start_time:
+            return False
+        if fields[0] in ("Z", "X"):
+            _reap(self.pid)
+            return False
+        return True
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` if this is still our process; False when it is gone."""
+        if not self.alive():
+            return False
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait until the process is gone; True if it went within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL_S)
+        return True
+
+    def stop(self, term_timeout_s: float = TERM_TIMEOUT_S,
+             kill_timeout_s: float = KILL_TIMEOUT_S) -> None:
+        """SIGTERM, then SIGKILL if it does not go; logs what it had to do."""
+        if not self.signal(signal.SIGTERM):
+            return
+        if self.wait(term_timeout_s):
+            return
+        log.warning("%s (pid %d) ignored SIGTERM for %.1fs; sending SIGKILL",
+                    self.name or "process", self.pid, term_timeout_s)
+        self.signal(signal.SIGKILL)
+        if not self.wait(kill_timeout_s):
+            log.error("%s (pid %d) survived SIGKILL", self.name or "process", self.pid)
+
+    def to_json(self) -> dict[str, object]:
+        return {"pid": self.pid, "start_time": self.start_time, "name": self.name}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ProcessRef:
+        return cls(int(str(data["pid"])), int(str(data["start_time"])), str(data.get("name", "")))
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def spawn_daemon(argv: list[str], log_path: Path, name: str,
+                 pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen[bytes], ProcessRef]:
+    """Start a helper daemon in its own session, stdout/stderr to log_path.
+
+    Own session: it must outlive a short-lived `kata-py` verb and must not get
+    the terminal's signals; the sandbox stops it explicitly.
+    """
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, pass_fds=pass_fds, close_fds=True)
+    log.debug("started %s pid %d: %s", name, proc.pid, " ".join(argv))
+    try:
+        return proc, ProcessRef.of(proc.pid, name)
+    except ProcessLookupError:
+        proc.wait()
+        return proc, ProcessRef(proc.pid, -1, name)
+
+
+def log_tail(path: Path, lines: int = 10) -> str:
+    """The last lines of a log file, for error messages ('' if unreadable)."""
+    try:
+        data = path.read_bytes()[-8192:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

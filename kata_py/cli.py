@@ -1,0 +1,106 @@
+"""The `kata-py` command line. Thin: parse flags, call one runtime function,
+print. Only this module prints; errors become `kata-py: <message>` on
+stderr and a non-zero exit (tracebacks with --debug).
+
+Heavy imports (grpc, qemu.qmp) happen inside the commands, not at import
+time, so cheap verbs stay cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from kata_py import __version__
+from kata_py.errors import KataError
+
+log = logging.getLogger("kata_py")
+
+
+class Context:
+    def __init__(self, root: str | None, config: str | None, debug: bool) -> None:
+        self.root = root
+        self.config_path = config
+        self.debug = debug
+
+    def config(self) -> Any:
+        from dataclasses import replace
+
+        from kata_py.config import load_config
+
+        cfg = load_config(self.config_path)
+        return replace(cfg, state_dir=self.root) if self.root else cfg
+
+
+def _setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING
+    if log_format == "json":
+        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}'
+    else:
+        fmt = "kata-py: %(levelname)s %(name)s: %(message)s" if debug else "kata-py: %(message)s"
+    handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", default=None, help="state directory (default /run/kata-py)")
+@click.option("--log", "log_file", default=None, help="log file (default stderr)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option("--debug", is_flag=True, help="verbose logs and tracebacks")
+@click.option("--config", default=None, envvar="KATA_PY_CONFIG",
+              help="runtime configuration TOML (default: configs/kata-py.toml values)")
+@click.version_option(__version__, prog_name="kata-py")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, log_file: str | None, log_format: str,
+        debug: bool, config: str | None) -> None:
+    """kata-py: run OCI containers inside QEMU micro-VMs."""
+    _setup_logging(log_file, log_format, debug)
+    ctx.obj = Context(root, config, debug)
+
+
+@cli.command()
+@click.option("--boot", is_flag=True, help="also boot a throwaway sandbox and time it")
+@click.pass_obj
+def check(obj: Context, boot: bool) -> None:
+    """Say whether this host can run kata-py, and why not."""
+    from kata_py import check as checks
+
+    report = checks.run_checks(obj.config(), boot=boot)
+    for line in report.lines:
+        click.echo(line)
+    if not report.ok:
+        raise KataError(report.failure or "this host cannot run kata-py")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("kata-py: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"kata-py: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except KataError as exc:
+        if debug:
+            log.exception("failed")
+        click.echo(f"kata-py: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a line
+        if debug:
+            raise
+        click.echo(f"kata-py: internal error: {type(exc).__name__}: {exc} "
+                   "(rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

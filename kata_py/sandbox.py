@@ -1,0 +1,227 @@
+"""The sandbox: one micro-VM with its helper daemons, and the only owner of
+start and teardown order.
+
+Start:  state dir → virtiofsd → vsock transport → QEMU → agent answers health.
+Stop:   agent (DestroySandbox) → VM (QMP quit → TERM → KILL) → virtiofsd and
+        vsock backend → state dir.
+Any failure during start runs the same stop, so a failed start leaves no
+process, socket or directory behind; the error keeps the last console lines
+because the logs go with the state directory.
+
+On disk: <state_dir>/vm/<id>/ holds sandbox.json (pids with start times,
+written atomically), the sockets, the logs and shared/ (the virtio-fs share).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kata_py.agent_client import AgentClient
+from kata_py.config import RuntimeConfig
+from kata_py.errors import ConfigError, ExistsError, HypervisorError, KataError, NotFoundError
+from kata_py.hypervisor import accel, qemu, virtiofsd
+from kata_py.hypervisor.process import ProcessRef, log_tail
+from kata_py.hypervisor.vsock.transport import VsockTransport, select_transport
+from kata_py.image import GuestImage, load_image
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+UNIX_PATH_MAX = 107
+DAEMON_EXIT_WAIT_S = 1.0
+STATE_FILE = "sandbox.json"
+
+
+def validate_id(sandbox_id: str) -> None:
+    if not ID_PATTERN.match(sandbox_id):
+        raise ConfigError(f"invalid sandbox id {sandbox_id!r}",
+                          "use 1-64 characters from [A-Za-z0-9_.-], starting alphanumeric")
+
+
+def _host_tsc_khz() -> int | None:
+    """The host TSC rate; TCG's guest TSC runs at host rate, and microvm has no
+    other clock to calibrate against (boots hang without tsc_early_khz)."""
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz").read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    except OSError:
+        pass
+    return None
+
+
+def guest_kernel_params(image: GuestImage, cfg: RuntimeConfig) -> str:
+    # Boot-time savers measured on TCG (see shared/DESIGN.md): no crypto
+    # self-tests, no EDD/i8042 probing, no mitigations, fixed TSC rate.
+    params = ["console=ttyS0", "quiet", "panic=-1", "reboot=t", "cryptomgr.notests",
+              "edd=off", "mitigations=off", "audit=0", "nokaslr", "random.trust_cpu=on",
+              "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd", "no_timer_check"]
+    khz = _host_tsc_khz()
+    if khz:
+        params.append(f"tsc_early_khz={khz}")
+    params.append(f"kata_py.agent.log={cfg.agent.log_level}")
+    return " ".join(params + [image.kernel_params, cfg.hypervisor.kernel_params]).strip()
+
+
+@dataclass(frozen=True)
+class BootTimes:
+    accelerator: str
+    daemons_s: float        # virtiofsd + vsock transport up
+    qemu_s: float           # QEMU launched (devices realised)
+    agent_s: float          # QEMU launched → agent answered health
+    total_s: float
+
+
+class Sandbox:
+    def __init__(self, sandbox_id: str, cfg: RuntimeConfig,
+                 image: GuestImage | None = None) -> None:
+        validate_id(sandbox_id)
+        self.id = sandbox_id
+        self.cfg = cfg
+        self._image = image
+        self.dir = Path(cfg.state_dir) / "vm" / sandbox_id
+        self.shared_dir = self.dir / "shared"
+        self.console_log = self.dir / "console.log"
+        self.qmp_socket = self.dir / "qmp.sock"
+        self.transport: VsockTransport | None = None
+        self.vm: ProcessRef | None = None
+        self.daemons: list[ProcessRef] = []
+        self.agent: AgentClient | None = None
+        self.accelerator = ""
+
+    # -- start ---------------------------------------------------------------
+
+    def start(self) -> BootTimes:
+        """Boot the VM and wait for the agent; on any failure, clean up and raise."""
+        t0 = time.monotonic()
+        image = self._image or load_image(Path(self.cfg.hypervisor.image_dir))
+        qemu_binary = shutil.which(self.cfg.hypervisor.path)
+        if not qemu_binary:
+            raise NotFoundError(f"QEMU binary {self.cfg.hypervisor.path!r} not found",
+                                "install qemu-system-x86 or set [hypervisor] path")
+        fsd_binary = virtiofsd.find_virtiofsd(self.cfg.virtiofsd.path)
+        choice = accel.choose(self.cfg.hypervisor.accelerator, qemu_binary,  # type: ignore[arg-type]
+                              image.kernel, Path(self.cfg.state_dir))
+        self.accelerator = choice.accelerator
+        self._check_socket_paths()
+        try:
+            self.dir.mkdir(parents=True)
+        except FileExistsError as exc:
+            raise ExistsError(f"sandbox {self.id} already exists in {self.dir}",
+                              "pick another id or stop the existing sandbox") from exc
+        try:
+            return self._start_in_dir(t0, image, qemu_binary, fsd_binary)
+        except BaseException as exc:
+            if isinstance(exc, KataError):
+                exc.message = self._with_console_reason(exc.message)
+            self.stop()
+            raise
+
+    def _start_in_dir(self, t0: float, image: GuestImage, qemu_binary: str,
+                      fsd_binary: str) -> BootTimes:
+        self.shared_dir.mkdir()
+        fs_socket = self.dir / "virtiofs.sock"
+        self.daemons.append(virtiofsd.start(fsd_binary, self.shared_dir, fs_socket,
+                                            self.dir / "virtiofsd.log",
+                                            self.cfg.virtiofsd.cache))
+        self.transport = select_transport(self.cfg.vsock.transport, self.dir)  # type: ignore[arg-type]
+        self.transport.start()
+        self.daemons.extend(self.transport.processes())
+        self._save()
+        t_daemons = time.monotonic()
+        hv = self.cfg.hypervisor
+        vm_cfg = qemu.VmConfig(
+            name=f"kata-py-{self.id}", binary=qemu_binary,
+            machine=hv.machine, accelerator=self.accelerator,  # type: ignore[arg-type]
+            vcpus=hv.vcpus, memory_mib=hv.memory_mib, kernel=image.kernel,
+            initrd=image.initrd, rootfs=image.rootfs,
+            kernel_params=guest_kernel_params(image, self.cfg),
+            console_log=self.console_log, qmp_socket=self.qmp_socket,
+            pidfile=self.dir / "qemu.pid", vsock=self.transport.device(),
+            virtiofs_socket=fs_socket, tcg_tb_size_mib=hv.tcg_tb_size_mib)
+        self.vm = qemu.launch(vm_cfg, self.dir / "qemu.log")
+        self._save()
+        t_qemu = time.monotonic()
+        self.agent = AgentClient(self.transport.agent_target())
+        vm = self.vm
+        self.agent.wait_ready(self.cfg.agent.boot_timeout_s, vm.alive)
+        t_ready = time.monotonic()
+        log.info("sandbox %s ready in %.2fs (%s)", self.id, t_ready - t0, self.accelerator)
+        return BootTimes(self.accelerator, t_daemons - t0, t_qemu - t_daemons,
+                         t_ready - t_qemu, t_ready - t0)
+
+    def _check_socket_paths(self) -> None:
+        longest = self.dir / "vhost-vsock.sock"
+        if len(str(longest)) > UNIX_PATH_MAX:
+            raise ConfigError(f"state directory {self.dir} is too deep for unix sockets "
+                              f"({len(str(longest))} > {UNIX_PATH_MAX} bytes)",
+                              "use a shorter state_dir or sandbox id")
+
+    def _with_console_reason(self, message: str) -> str:
+        tail = [ln for ln in log_tail(self.console_log, 20).splitlines() if ln.strip()]
+        return f"{message} (console: {tail[-1].strip()})" if tail else message
+
+    # -- stop ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Tear down in order; every step runs even if an earlier one failed."""
+        if self.agent is not None:
+            if self.vm is not None and self.vm.alive():
+                try:
+                    self.agent.destroy_sandbox()
+                except KataError as exc:
+                    log.info("sandbox %s: agent did not take DestroySandbox: %s", self.id, exc)
+            self.agent.close()
+            self.agent = None
+        if self.vm is not None:
+            try:
+                qemu.stop_vm(self.vm, self.qmp_socket)
+            except HypervisorError as exc:
+                log.error("sandbox %s: stopping QEMU: %s", self.id, exc)
+        for daemon in self.daemons:
+            # virtiofsd and the backend exit on their own once QEMU is gone.
+            if not daemon.wait(DAEMON_EXIT_WAIT_S):
+                daemon.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.exists():
+            log.error("sandbox %s: could not remove %s", self.id, self.dir)
+
+    # -- state ---------------------------------------------------------------
+
+    def _save(self) -> None:
+        state = {
+            "id": self.id, "accelerator": self.accelerator,
+            "vm": self.vm.to_json() if self.vm else None,
+            "daemons": [d.to_json() for d in self.daemons],
+            "agent_target": self.transport.agent_target() if self.transport else "",
+        }
+        tmp = self.dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.dir / STATE_FILE)
+
+    @classmethod
+    def load(cls, sandbox_id: str, cfg: RuntimeConfig) -> Sandbox:
+        """A handle on a sandbox started by another process (to query or stop it)."""
+        sb = cls(sandbox_id, cfg)
+        try:
+            state = json.loads((sb.dir / STATE_FILE).read_text())
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"sandbox {sandbox_id} does not exist",
+                                "list sandboxes under " + str(sb.dir.parent)) from exc
+        sb.accelerator = state.get("accelerator", "")
+        sb.vm = ProcessRef.from_json(state["vm"]) if state.get("vm") else None
+        sb.daemons = [ProcessRef.from_json(d) for d in state.get("daemons", [])]
+        if state.get("agent_target"):
+            sb.agent = AgentClient(state["agent_target"])
+        return sb
