@@ -2,7 +2,9 @@
 reaches the agent's port 1024 through it.
 
 - `vhost`: the kernel's vhost-vsock (/dev/vhost-vsock). QEMU opens the
-  device itself; the host dials AF_VSOCK (CID, port) — gRPC `vsock:CID:PORT`.
+  device itself; the host dials AF_VSOCK (CID, port). PyPI's grpcio has no
+  vsock support, so an in-process relay (kata_py.agent.relay) listens on an
+  abstract unix socket for gRPC and dials AF_VSOCK for each connection.
 - `vhost-user`: no kernel module needed. kata-py runs its own vhost-user
   vsock backend process (hypervisor/vsock/backend.py); the host side of
   every guest port is a unix socket, like Firecracker's hybrid vsock. The
@@ -20,10 +22,9 @@ import time
 from pathlib import Path
 from typing import Literal, Protocol
 
+from kata_py.errors import HypervisorError, ResourceError
 from kata_py.hypervisor.process import ProcessRef, log_tail, spawn_daemon
 from kata_py.hypervisor.qemu import VsockDevice
-
-from kata_py.errors import HypervisorError, ResourceError
 
 TransportMode = Literal["auto", "vhost", "vhost-user"]
 AGENT_PORT = 1024
@@ -33,7 +34,8 @@ GUEST_CID = 3
 
 
 class VsockTransport(Protocol):
-    kind: Literal["vhost", "vhost-user"]
+    @property
+    def kind(self) -> str: ...
 
     def start(self) -> None: ...
     def device(self) -> VsockDevice: ...
@@ -44,10 +46,11 @@ class VsockTransport(Protocol):
 class KernelVhostTransport:
     """Kernel vhost-vsock: nothing to run on the host."""
 
-    kind: Literal["vhost"] = "vhost"
+    kind = "vhost"
 
     def __init__(self, guest_cid: int) -> None:
         self.guest_cid = guest_cid
+        self._relay_name = ""
 
     def start(self) -> None:
         pass
@@ -56,7 +59,13 @@ class KernelVhostTransport:
         return VsockDevice("vhost", guest_cid=self.guest_cid)
 
     def agent_target(self) -> str:
-        return f"vsock:{self.guest_cid}:{AGENT_PORT}"
+        if not self._relay_name:
+            from kata_py.agent import relay
+
+            self._relay_name = f"kata-py-{os.getpid()}-{self.guest_cid}"
+            relay.Relay(relay.listen_unix("\0" + self._relay_name),
+                        relay.dial_vsock(self.guest_cid, AGENT_PORT), name="vsock-dial").start()
+        return f"unix-abstract:{self._relay_name}"
 
     def processes(self) -> list[ProcessRef]:
         return []
@@ -65,7 +74,7 @@ class KernelVhostTransport:
 class UserBackendTransport:
     """The Python vhost-user vsock backend, one process per sandbox."""
 
-    kind: Literal["vhost-user"] = "vhost-user"
+    kind = "vhost-user"
 
     def __init__(self, sandbox_dir: Path) -> None:
         self.vhost_socket = sandbox_dir / "vhost-vsock.sock"
