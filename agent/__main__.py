@@ -6,8 +6,7 @@ destroys the sandbox it syncs and ends the VM. Outside a VM (tests) it
 runs as an ordinary process listening on a unix socket.
 
 The VM is ended with a guest *reboot*, not a power-off: QEMU runs with
--no-reboot, so a reboot makes it exit, and that needs no ACPI (microvm runs
-with acpi=off to boot faster).
+-no-reboot, so a reboot makes it exit whether or not the guest has ACPI.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ def _level_from_cmdline(default: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kata_py.agent")
     parser.add_argument("--listen", default=VSOCK_LISTEN,
-                        help="gRPC address (default: vsock port 1024, any CID)")
+                        help="vsock:PORT (default 1024) or a gRPC address such as unix:PATH")
     parser.add_argument("--shared-dir", type=Path, default=shared.SHARED_DIR)
     parser.add_argument("--log-level", default=None)
     args = parser.parse_args(argv)

@@ -17,17 +17,19 @@ from typing import Any, TypeVar
 
 import google.protobuf
 import grpc
-from kata_py.agent import guest, shared
+
+from kata_py import __version__
+from kata_py.agent import guest, relay, shared
 from kata_py.agent.errors import status_for
 from kata_py.agent.protocols import agent_pb2 as pb
 from kata_py.agent.protocols import agent_pb2_grpc as pb_grpc
 
-from kata_py import __version__
-
 log = logging.getLogger(__name__)
 
 VSOCK_PORT = 1024
-VSOCK_LISTEN = f"vsock:4294967295:{VSOCK_PORT}"  # VMADDR_CID_ANY
+VSOCK_LISTEN = f"vsock:{VSOCK_PORT}"
+# gRPC listens here inside the guest; agent/relay.py carries vsock port 1024 to it.
+GRPC_UNIX_SOCKET = "/run/kata-py/agent-grpc.sock"
 SERVER_THREADS = 8
 
 R = TypeVar("R")
@@ -100,7 +102,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
 
 class AgentServer:
-    """The gRPC server plus the event that ends it (DestroySandbox)."""
+    """The gRPC server plus the event that ends it (DestroySandbox).
+
+    `listen` is a gRPC address (`unix:PATH` in tests) or `vsock:PORT`: then
+    gRPC listens on GRPC_UNIX_SOCKET and a relay accepts on the vsock port.
+    """
 
     def __init__(self, listen: str, shared_dir: Path) -> None:
         self.stopping = threading.Event()
@@ -108,14 +114,26 @@ class AgentServer:
         pb_grpc.add_HealthServicer_to_server(HealthService(), self.server)
         pb_grpc.add_AgentServiceServicer_to_server(
             AgentService(shared_dir, self.stopping.set), self.server)
-        if self.server.add_insecure_port(listen) == 0 and not listen.startswith("vsock:"):
-            raise OSError(f"cannot listen on {listen}")
         self.listen = listen
+        self.relay: relay.Relay | None = None
+        grpc_address = listen
+        if listen.startswith("vsock:"):
+            Path(GRPC_UNIX_SOCKET).parent.mkdir(parents=True, exist_ok=True)
+            Path(GRPC_UNIX_SOCKET).unlink(missing_ok=True)
+            grpc_address = f"unix:{GRPC_UNIX_SOCKET}"
+        if self.server.add_insecure_port(grpc_address) == 0:
+            raise OSError(f"cannot listen on {grpc_address}")
 
     def start(self) -> None:
         self.server.start()
+        if self.listen.startswith("vsock:"):
+            port = int(self.listen.split(":", 1)[1])
+            self.relay = relay.Relay(relay.listen_vsock(port), relay.dial_unix(GRPC_UNIX_SOCKET),
+                                     name="vsock-relay").start()
         log.info("agent %s listening on %s", __version__, self.listen)
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Finish in-flight RPCs (so DestroySandbox's reply is sent), then stop."""
         self.server.stop(grace_s).wait()
+        if self.relay is not None:
+            self.relay.close()

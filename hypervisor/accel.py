@@ -69,7 +69,9 @@ def newc_cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
         encoded = name.encode() + b"\0"
         fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
         out += b"070701" + "".join(f"{v:08x}" for v in fields).encode() + encoded
-        out += bytes(-len(out) % 4) + data + bytes(-(len(out) + len(data)) % 4)
+        out += bytes(-len(out) % 4)      # name padded to 4 bytes
+        out += data
+        out += bytes(-len(out) % 4)      # data padded to 4 bytes
     return bytes(out)
 
 
@@ -83,7 +85,7 @@ def probe_kvm(qemu_binary: str, kernel: Path,
     with tempfile.TemporaryDirectory(prefix="kata-py-probe-") as tmp:
         initrd = Path(tmp) / "initrd"
         initrd.write_bytes(newc_cpio({"init": (0o100755, reboot_init_elf())}))
-        argv = [qemu_binary, "-machine", "microvm,acpi=off,x-option-roms=off",
+        argv = [qemu_binary, "-machine", "microvm,acpi=on,x-option-roms=off",
                 "-accel", "kvm", "-cpu", "host", "-m", "128M", "-nodefaults",
                 "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
                 "-kernel", str(kernel), "-initrd", str(initrd),

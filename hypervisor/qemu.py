@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kata_py.hypervisor.process import ProcessRef, log_tail
-
 from kata_py.errors import HypervisorError
+from kata_py.hypervisor.process import ProcessRef, log_tail
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +73,9 @@ def _device(cfg: VmConfig, base: str) -> str:
 
 def machine_args(cfg: VmConfig) -> list[str]:
     if cfg.machine == "microvm":
-        # acpi=off: no ACPI tables to parse at boot; devices are announced on
-        # the kernel command line (auto-kernel-cmdline). The guest ends the VM
-        # by rebooting (-no-reboot), which needs no ACPI.
-        return ["-machine", "microvm,memory-backend=mem,acpi=off,x-option-roms=off",
+        # acpi=on: Debian's cloud kernel has no MP-table support, so without
+        # ACPI it finds no local APIC and stalls once init loads modules.
+        return ["-machine", "microvm,memory-backend=mem,acpi=on,x-option-roms=off",
                 "-global", "virtio-mmio.force-legacy=false"]
     return ["-machine", "q35,memory-backend=mem"]
 

@@ -15,9 +15,8 @@ import shutil
 import socket
 from pathlib import Path
 
-from kata_py.hypervisor.process import ProcessRef, spawn_daemon
-
 from kata_py.errors import NotFoundError
+from kata_py.hypervisor.process import ProcessRef, spawn_daemon
 
 DEBIAN_VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
 

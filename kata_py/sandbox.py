@@ -28,7 +28,12 @@ from kata_py.config import RuntimeConfig
 from kata_py.errors import ConfigError, ExistsError, HypervisorError, KataError, NotFoundError
 from kata_py.hypervisor import accel, qemu, virtiofsd
 from kata_py.hypervisor.process import ProcessRef, log_tail
-from kata_py.hypervisor.vsock.transport import VsockTransport, select_transport
+from kata_py.hypervisor.vsock.transport import (
+    KernelVhostTransport,
+    UserBackendTransport,
+    VsockTransport,
+    select_transport,
+)
 from kata_py.image import GuestImage, load_image
 
 log = logging.getLogger(__name__)
@@ -125,6 +130,7 @@ class Sandbox:
         except BaseException as exc:
             if isinstance(exc, KataError):
                 exc.message = self._with_console_reason(exc.message)
+            self._log_tails()
             self.stop()
             raise
 
@@ -168,6 +174,13 @@ class Sandbox:
                               f"({len(str(longest))} > {UNIX_PATH_MAX} bytes)",
                               "use a shorter state_dir or sandbox id")
 
+    def _log_tails(self) -> None:
+        """Before a failed start removes the state dir, keep its logs in ours."""
+        for name in ("console.log", "qemu.log", "vsock-backend.log", "virtiofsd.log"):
+            tail = log_tail(self.dir / name, 30)
+            if tail:
+                log.debug("sandbox %s failed to start; %s ends with:\n%s", self.id, name, tail)
+
     def _with_console_reason(self, message: str) -> str:
         tail = [ln for ln in log_tail(self.console_log, 20).splitlines() if ln.strip()]
         return f"{message} (console: {tail[-1].strip()})" if tail else message
@@ -204,7 +217,8 @@ class Sandbox:
             "id": self.id, "accelerator": self.accelerator,
             "vm": self.vm.to_json() if self.vm else None,
             "daemons": [d.to_json() for d in self.daemons],
-            "agent_target": self.transport.agent_target() if self.transport else "",
+            "vsock": {"kind": self.transport.kind, "cid": self.transport.device().guest_cid}
+            if self.transport else None,
         }
         tmp = self.dir / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=1))
@@ -222,6 +236,9 @@ class Sandbox:
         sb.accelerator = state.get("accelerator", "")
         sb.vm = ProcessRef.from_json(state["vm"]) if state.get("vm") else None
         sb.daemons = [ProcessRef.from_json(d) for d in state.get("daemons", [])]
-        if state.get("agent_target"):
-            sb.agent = AgentClient(state["agent_target"])
+        if state.get("vsock"):
+            vsock = state["vsock"]
+            sb.transport = (KernelVhostTransport(vsock["cid"]) if vsock["kind"] == "vhost"
+                            else UserBackendTransport(sb.dir))
+            sb.agent = AgentClient(sb.transport.agent_target())
         return sb

@@ -24,7 +24,7 @@ def test_microvm_tcg_sandbox_argv_matches_golden() -> None:
     assert qemu.build_argv(_cfg()) == [
         "/usr/bin/qemu-system-x86_64", "-name", "kata-py-sb1,debug-threads=on",
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-machine", "microvm,memory-backend=mem,acpi=off,x-option-roms=off",
+        "-machine", "microvm,memory-backend=mem,acpi=on,x-option-roms=off",
         "-global", "virtio-mmio.force-legacy=false",
         "-accel", "tcg,tb-size=64", "-cpu", "max",
         "-smp", "2", "-m", "512M",

@@ -1,0 +1,116 @@
+"""Sandbox boot benchmark, in one run:
+
+- floor:   bare QEMU booting the guest image's kernel to a trivial init that
+           reboots at once (QEMU start → exit), same machine/accelerator/memory;
+- kata-py: Sandbox.start() until the agent answers health (state dir,
+           virtiofsd, vsock backend, QEMU, guest boot, agent start);
+- memory:  RSS and PSS of qemu, virtiofsd and the vsock backend for one
+           idle sandbox.
+
+Medians of --runs (≥ 5) and the kata-py/floor ratio. Usage:
+    .venv/bin/python bench/boot.py [--runs 7] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from kata_py.config import load_config
+from kata_py.hypervisor import accel
+from kata_py.image import load_image
+from kata_py.sandbox import Sandbox, guest_kernel_params
+
+
+def floor_boot_s(cfg, image, accelerator: str, work: Path) -> float:  # type: ignore[no-untyped-def]
+    initrd = work / "floor-initrd"
+    initrd.write_bytes(accel.newc_cpio({"init": (0o100755, accel.reboot_init_elf())}))
+    hv = cfg.hypervisor
+    accel_arg = ["-accel", "kvm", "-cpu", "host"] if accelerator == "kvm" else \
+        ["-accel", f"tcg,tb-size={hv.tcg_tb_size_mib}", "-cpu", "max"]
+    argv = [shutil.which(hv.path) or hv.path, "-nodefaults", "-no-user-config", "-nographic",
+            "-no-reboot", "-machine", "microvm,acpi=on,x-option-roms=off", *accel_arg,
+            "-smp", str(hv.vcpus), "-m", f"{hv.memory_mib}M", "-kernel", str(image.kernel),
+            "-initrd", str(initrd), "-append",
+            guest_kernel_params(image, cfg) + " rdinit=/init",
+            "-serial", "none", "-display", "none"]
+    start = time.monotonic()
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   timeout=120)
+    return time.monotonic() - start
+
+
+def smaps(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB from /proc/PID/smaps_rollup."""
+    rss = pss = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Rss:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Pss:"):
+            pss = int(line.split()[1])
+    return rss, pss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    runs = max(5, args.runs)
+    work = Path(tempfile.mkdtemp(prefix="kpb-", dir="/tmp"))
+    cfg = replace(load_config(None), state_dir=str(work / "s"))
+    image = load_image(Path(cfg.hypervisor.image_dir))
+    qemu = shutil.which(cfg.hypervisor.path) or cfg.hypervisor.path
+    choice = accel.choose(cfg.hypervisor.accelerator, qemu, image.kernel,  # type: ignore[arg-type]
+                          Path(cfg.state_dir))
+    try:
+        floor = [floor_boot_s(cfg, image, choice.accelerator, work) for _ in range(runs)]
+        ready, memory = [], {}
+        for i in range(runs):
+            sb = Sandbox(f"bench{i}", cfg)
+            try:
+                ready.append(sb.start().total_s)
+                if i == 0:
+                    time.sleep(2)  # idle
+                    procs = [p for p in [sb.vm, *sb.daemons] if p is not None]
+                    memory = {p.name: smaps(p.pid) for p in procs}
+            finally:
+                sb.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "accelerator": choice.accelerator, "runs": runs,
+        "floor_median_s": statistics.median(floor),
+        "kata_py_ready_median_s": statistics.median(ready),
+        "ratio": statistics.median(ready) / statistics.median(floor),
+        "floor_s": floor, "kata_py_ready_s": ready,
+        "memory_kib": {k: {"rss": v[0], "pss": v[1]} for k, v in memory.items()},
+        "image_format": image.manifest.get("format"),
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    print(f"accelerator: {choice.accelerator}; image: {result['image_format']}; "
+          f"{runs} runs each")
+    print(f"{'bare QEMU boot to trivial init (floor)':<44}"
+          f"median {result['floor_median_s']:.3f} s")
+    print(f"{'kata-py boot to agent ready':<44}"
+          f"median {result['kata_py_ready_median_s']:.3f} s  "
+          f"ratio {result['ratio']:.2f}x floor (goal <= 2x)")
+    print("idle sandbox memory (KiB):")
+    for name, (rss, pss) in memory.items():
+        print(f"  {name:<14} RSS {rss:>8}  PSS {pss:>8}")
+    total_rss = sum(v[0] for v in memory.values())
+    total_pss = sum(v[1] for v in memory.values())
+    print(f"  {'total':<14} RSS {total_rss:>8}  PSS {total_pss:>8}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up kata-py on a fresh Debian 12 (as root) and boot a micro-VM:
+#   apt packages → .venv with kata-py → guest image (cached) → `kata-py check --boot`.
+# Every step is skipped when already done. `--no-run` stops before the boot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(qemu-system-x86 qemu-system-common python3 python3-venv python3-dev
+              busybox-static cpio e2fsprogs binutils file zstd lz4 xz-utils iproute2 procps)
+
+step() { printf '==> %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "kata-py setup: run as root (it installs packages and starts VMs)" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+stamp=.venv/.kata-py-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  step "creating .venv with kata-py and its dev tools"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+
+step "guest image"
+.venv/bin/python guest-image/build.py
+
+if [ "${1:-}" != "--no-run" ]; then
+  step "booting a micro-VM"
+  .venv/bin/kata-py check --boot
+fi

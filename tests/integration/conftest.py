@@ -1,0 +1,77 @@
+"""Fixtures that boot real sandboxes (QEMU + virtiofsd + vsock backend + the
+guest image), under KVM where it works and TCG otherwise — never skipped.
+
+`sandboxes` hands out Sandbox objects, stops whatever a test left running,
+prints the console/QEMU/backend logs of a failed test, and asserts that no
+process, socket, mount or state directory of the test's sandboxes survived.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kata_py.config import RuntimeConfig, load_config
+from kata_py.sandbox import Sandbox
+
+LOGS = ("console.log", "qemu.log", "vsock-backend.log", "virtiofsd.log")
+
+
+@pytest.fixture(scope="session")
+def runtime_config() -> Iterator[RuntimeConfig]:
+    # Short path: the sandbox's unix sockets live below it (108-byte limit).
+    # One per session, so the accelerator probe (a real KVM boot-test) runs once.
+    state = Path(tempfile.mkdtemp(prefix="kp-", dir="/tmp"))
+    cfg = replace(load_config(None), state_dir=str(state))
+    yield cfg
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def leftovers(marker: str) -> list[str]:
+    """Processes whose command line mentions marker, and mounts below it."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append(f"pid {proc.name}: {cmd[:160]}")
+    found += [f"mount: {line}" for line in Path("/proc/mounts").read_text().splitlines()
+              if marker in line]
+    return found
+
+
+@pytest.fixture
+def sandboxes(request: pytest.FixtureRequest,
+              runtime_config: RuntimeConfig) -> Iterator[Callable[..., Sandbox]]:
+    made: list[Sandbox] = []
+    counter = iter(range(1000))
+
+    def make(cfg: RuntimeConfig | None = None, **kw: object) -> Sandbox:
+        sb = Sandbox(f"t{next(counter)}-{request.node.name[:24]}", cfg or runtime_config,
+                     **kw)  # type: ignore[arg-type]
+        made.append(sb)
+        return sb
+
+    yield make
+    rep = getattr(request.node, "rep_call", None)
+    for sb in made:
+        if rep is not None and rep.failed:
+            for name in LOGS:
+                path = sb.dir / name
+                if path.exists():
+                    print(f"----- {path} (last 40 lines) -----")
+                    print("\n".join(path.read_text(errors="replace").splitlines()[-40:]))
+        sb.stop()
+    for sb in made:
+        assert not sb.dir.exists(), f"state directory {sb.dir} survived"
+        assert leftovers(str(sb.dir)) == [], f"left behind by {sb.id}"
