@@ -7,8 +7,10 @@
 - memory:  RSS and PSS of qemu, virtiofsd and the vsock backend for one
            idle sandbox.
 
-Medians of --runs (≥ 5) and the kata-py/floor ratio. Usage:
-    .venv/bin/python bench/boot.py [--runs 7] [--json]
+Medians of --runs (≥ 5) and the kata-py/floor ratio, for each machine type
+in --machines (microvm is the default machine; q35 is measured beside it to
+keep that choice honest). Usage:
+    .venv/bin/python bench/boot.py [--runs 7] [--machines microvm,q35] [--json]
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from kata_py.image import load_image
 from kata_py.sandbox import Sandbox, guest_kernel_params
 
 
-def floor_boot_s(cfg, image, accelerator: str, work: Path) -> float:  # type: ignore[no-untyped-def]
+def floor_boot_s(cfg, image, accelerator: str, work: Path, machine: str) -> float:  # type: ignore[no-untyped-def]
     initrd = work / "floor-initrd"
     initrd.write_bytes(accel.newc_cpio({"init": (0o100755, accel.reboot_init_elf())}))
     hv = cfg.hypervisor
     accel_arg = ["-accel", "kvm", "-cpu", "host"] if accelerator == "kvm" else \
         ["-accel", f"tcg,tb-size={hv.tcg_tb_size_mib}", "-cpu", "max"]
     argv = [shutil.which(hv.path) or hv.path, "-nodefaults", "-no-user-config", "-nographic",
-            "-no-reboot", "-machine", "microvm,acpi=on,x-option-roms=off", *accel_arg,
+            "-no-reboot", "-machine",
+            "microvm,acpi=on,x-option-roms=off" if machine == "microvm" else machine, *accel_arg,
             "-smp", str(hv.vcpus), "-m", f"{hv.memory_mib}M", "-kernel", str(image.kernel),
             "-initrd", str(initrd), "-append",
             guest_kernel_params(image, cfg) + " rdinit=/init",
@@ -62,54 +65,65 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--machines", default="microvm,q35")
     args = parser.parse_args()
     runs = max(5, args.runs)
     work = Path(tempfile.mkdtemp(prefix="kpb-", dir="/tmp"))
-    cfg = replace(load_config(None), state_dir=str(work / "s"))
-    image = load_image(Path(cfg.hypervisor.image_dir))
-    qemu = shutil.which(cfg.hypervisor.path) or cfg.hypervisor.path
-    choice = accel.choose(cfg.hypervisor.accelerator, qemu, image.kernel,  # type: ignore[arg-type]
-                          Path(cfg.state_dir))
+    base = replace(load_config(None), state_dir=str(work / "s"))
+    image = load_image(Path(base.hypervisor.image_dir))
+    qemu = shutil.which(base.hypervisor.path) or base.hypervisor.path
+    choice = accel.choose(base.hypervisor.accelerator, qemu, image.kernel,  # type: ignore[arg-type]
+                          Path(base.state_dir))
+    results: dict[str, dict[str, object]] = {}
     try:
-        floor = [floor_boot_s(cfg, image, choice.accelerator, work) for _ in range(runs)]
-        ready, memory = [], {}
-        for i in range(runs):
-            sb = Sandbox(f"bench{i}", cfg)
-            try:
-                ready.append(sb.start().total_s)
-                if i == 0:
-                    time.sleep(2)  # idle
-                    procs = [p for p in [sb.vm, *sb.daemons] if p is not None]
-                    memory = {p.name: smaps(p.pid) for p in procs}
-            finally:
-                sb.stop()
+        for machine in args.machines.split(","):
+            cfg = replace(base, hypervisor=replace(base.hypervisor, machine=machine))
+            results[machine] = measure(cfg, image, choice.accelerator, work, machine, runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {
-        "accelerator": choice.accelerator, "runs": runs,
+    if args.json:
+        print(json.dumps({"accelerator": choice.accelerator, "runs": runs,
+                          "image_format": image.manifest.get("format"),
+                          "machines": results}, indent=1))
+        return
+    print(f"accelerator: {choice.accelerator}; image: {image.manifest.get('format')}; "
+          f"{runs} runs each; medians")
+    for machine, r in results.items():
+        print(f"[{machine}]")
+        print(f"  {'bare QEMU boot to trivial init (floor)':<42} {r['floor_median_s']:.3f} s")
+        print(f"  {'kata-py boot to agent ready':<42} {r['kata_py_ready_median_s']:.3f} s"
+              f"   ratio {r['ratio']:.2f}x floor (goal <= 2x)")
+        memory = r["memory_kib"]
+        assert isinstance(memory, dict)
+        print("  idle sandbox memory (KiB):")
+        for name, m in memory.items():
+            print(f"    {name:<14} RSS {m['rss']:>8}  PSS {m['pss']:>8}")
+        print(f"    {'total':<14} RSS {sum(m['rss'] for m in memory.values()):>8}  "
+              f"PSS {sum(m['pss'] for m in memory.values()):>8}")
+
+
+def measure(cfg, image, accelerator: str, work: Path, machine: str,  # type: ignore[no-untyped-def]
+            runs: int) -> dict[str, object]:
+    floor = [floor_boot_s(cfg, image, accelerator, work, machine) for _ in range(runs)]
+    ready: list[float] = []
+    memory: dict[str, tuple[int, int]] = {}
+    for i in range(runs):
+        sb = Sandbox(f"bench-{machine}-{i}", cfg)
+        try:
+            ready.append(sb.start().total_s)
+            if i == 0:
+                time.sleep(2)  # idle
+                procs = [p for p in [sb.vm, *sb.daemons] if p is not None]
+                memory = {p.name: smaps(p.pid) for p in procs}
+        finally:
+            sb.stop()
+    return {
         "floor_median_s": statistics.median(floor),
         "kata_py_ready_median_s": statistics.median(ready),
         "ratio": statistics.median(ready) / statistics.median(floor),
         "floor_s": floor, "kata_py_ready_s": ready,
         "memory_kib": {k: {"rss": v[0], "pss": v[1]} for k, v in memory.items()},
-        "image_format": image.manifest.get("format"),
     }
-    if args.json:
-        print(json.dumps(result, indent=1))
-        return
-    print(f"accelerator: {choice.accelerator}; image: {result['image_format']}; "
-          f"{runs} runs each")
-    print(f"{'bare QEMU boot to trivial init (floor)':<44}"
-          f"median {result['floor_median_s']:.3f} s")
-    print(f"{'kata-py boot to agent ready':<44}"
-          f"median {result['kata_py_ready_median_s']:.3f} s  "
-          f"ratio {result['ratio']:.2f}x floor (goal <= 2x)")
-    print("idle sandbox memory (KiB):")
-    for name, (rss, pss) in memory.items():
-        print(f"  {name:<14} RSS {rss:>8}  PSS {pss:>8}")
-    total_rss = sum(v[0] for v in memory.values())
-    total_pss = sum(v[1] for v in memory.values())
-    print(f"  {'total':<14} RSS {total_rss:>8}  PSS {total_pss:>8}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pytest
 
 from kata_py.config import RuntimeConfig
 from kata_py.errors import AgentError, HypervisorError, ImageError
+from kata_py.hypervisor.qemu import Qmp
 from kata_py.image import load_image
 from kata_py.sandbox import Sandbox
 
@@ -166,3 +167,24 @@ def test_cli_error_is_one_line_naming_the_fix(tmp_path: Path,
     assert out.returncode != 0
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("kata-py: guest image: ")
     assert "guest-image/build.py" in out.stderr
+
+
+def test_qmp_pauses_and_resumes_the_vm(sandboxes: Callable[..., Sandbox]) -> None:
+    sb = sandboxes()
+    sb.start()
+    qmp = Qmp(sb.qmp_socket)
+    assert qmp.status() == "running"
+    qmp.stop()
+    assert qmp.status() == "paused"
+    assert sb.agent is not None and sb.agent.check(timeout_s=1.0) is False
+    qmp.cont()
+    assert qmp.status() == "running"
+    assert sb.agent.check(timeout_s=10)
+
+
+def test_q35_machine_boots_the_same_image(sandboxes: Callable[..., Sandbox],
+                                          runtime_config: RuntimeConfig) -> None:
+    sb = sandboxes(_with_hypervisor(runtime_config, machine="q35"))
+    sb.start()
+    assert sb.agent is not None
+    assert sb.agent.guest_details().shared_dir_mounted
