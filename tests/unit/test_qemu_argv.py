@@ -26,7 +26,7 @@ def test_microvm_tcg_sandbox_argv_matches_golden() -> None:
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-machine", "microvm,memory-backend=mem,acpi=on,x-option-roms=off",
         "-global", "virtio-mmio.force-legacy=false",
-        "-accel", "tcg,tb-size=64", "-cpu", "max",
+        "-accel", "tcg,tb-size=32", "-cpu", "max",
         "-smp", "2", "-m", "512M",
         "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
         "-kernel", "/img/vmlinux", "-initrd", "/img/initrd.img",
