@@ -1,0 +1,168 @@
+"""On-disk state of containers under `--root` (default /run/kata-py).
+
+Layout: <root>/<id>/state.json, written atomically (temp file, fsync,
+rename), guarded by an flock on <root>/<id>/.lock so concurrent verbs on one
+container serialise. A crash between write and rename leaves the previous
+state intact; stray temp files are ignored.
+
+Pids are stored with their start time (/proc/PID/stat field 22), so a pid
+reused by another process is never mistaken for the container's: the OCI
+status is *derived* when read — a "created"/"running"/"paused" container
+whose process is gone is reported "stopped", never stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from kata_py.errors import ConfigError, ExistsError, NotFoundError, StateError
+from kata_py.hypervisor.process import ProcessRef
+
+OCI_VERSION = "1.2.0"
+STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
+# runc's rule, plus a length cap that keeps socket paths below the root short.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_+.-]{1,64}$")
+
+Status = Literal["creating", "created", "running", "paused", "stopped"]
+
+
+def validate_container_id(container_id: str) -> None:
+    if not ID_PATTERN.match(container_id) or container_id in (".", ".."):
+        raise ConfigError(f"invalid container id {container_id!r}",
+                          "use 1-64 characters from [A-Za-z0-9_+.-]")
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    id: str
+    bundle: str
+    rootfs: str
+    status: Status
+    created: str                           # RFC 3339, UTC
+    pid: int = 0                           # the container's process as the host sees it
+    pid_start_time: int = 0
+    annotations: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
+    sandbox_id: str = ""
+    exit_code: int | None = None
+
+    def process(self) -> ProcessRef | None:
+        return ProcessRef(self.pid, self.pid_start_time, "container") if self.pid else None
+
+    def oci(self) -> dict[str, Any]:
+        """The state object of the OCI runtime-spec (runtime.md "State")."""
+        out: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": self.id,
+                               "status": self.status, "bundle": self.bundle}
+        if self.status in ("created", "running", "paused"):
+            out["pid"] = self.pid
+        else:
+            out["pid"] = 0
+        out.update(rootfs=self.rootfs, created=self.created, owner=self.owner)
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class StateStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, container_id: str) -> Path:
+        validate_container_id(container_id)
+        return self.root / container_id
+
+    @contextlib.contextmanager
+    def lock(self, container_id: str) -> Iterator[None]:
+        """Exclusive lock on one container for the duration of a verb."""
+        directory = self._dir(container_id)
+        try:
+            fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"container {container_id} does not exist",
+                                "check the id with `kata-py list`") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def create(self, state: ContainerState) -> None:
+        """Claim the id (ExistsError if taken) and write the first state."""
+        directory = self._dir(state.id)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError as exc:
+            raise ExistsError(f"container {state.id} already exists",
+                              "pick another id or `kata-py delete` the old one") from exc
+        self.save(state)
+
+    def save(self, state: ContainerState) -> None:
+        directory = self._dir(state.id)
+        tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
+        data = json.dumps(asdict(state), indent=1).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, directory / STATE_FILE)
+
+    def load(self, container_id: str) -> ContainerState:
+        """The stored state with its status made true (see module doc)."""
+        path = self._dir(container_id) / STATE_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"container {container_id} does not exist",
+                                "check the id with `kata-py list`") from exc
+        except ValueError as exc:
+            raise StateError(f"state of container {container_id} in {path} is corrupt",
+                             f"remove it with `kata-py delete --force {container_id}`") from exc
+        state = ContainerState(**raw)
+        return self._refresh(state)
+
+    @staticmethod
+    def _refresh(state: ContainerState) -> ContainerState:
+        proc = state.process()
+        if state.status in ("created", "running", "paused") and (proc is None
+                                                                 or not proc.alive()):
+            return replace(state, status="stopped")
+        return state
+
+    def list(self) -> list[ContainerState]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and (entry / STATE_FILE).exists() and ID_PATTERN.match(entry.name):
+                try:
+                    out.append(self.load(entry.name))
+                except StateError:
+                    continue
+        return out
+
+    def remove(self, container_id: str) -> None:
+        directory = self._dir(container_id)
+        for item in directory.iterdir() if directory.exists() else ():
+            if item.is_dir():
+                raise StateError(f"container {container_id}'s directory holds {item}",
+                                 "remove it by hand; kata-py only writes files there")
+            item.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            directory.rmdir()
