@@ -1,7 +1,7 @@
 """Agent entry point: `python3 -m kata_py.agent` — PID 1 of the guest.
 
 The guest's /init (guest-image/init) mounts the basics and execs this. As
-PID 1 the agent reaps every orphan (a SIGCHLD handler), and when the host
+PID 1 the agent reaps every orphan (agent/reaper.py), and when the host
 destroys the sandbox it syncs and ends the VM. Outside a VM (tests) it
 runs as an ordinary process listening on a unix socket.
 
@@ -27,26 +27,15 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import FrameType  # noqa: E402
 
 from kata_py.agent import shared  # noqa: E402
+from kata_py.agent.reaper import Reaper  # noqa: E402
 from kata_py.agent.server import VSOCK_LISTEN, AgentServer  # noqa: E402
 
 log = logging.getLogger("kata_py.agent")
 
 LINUX_REBOOT_CMD_RESTART = 0x01234567
 LOG_LEVEL_PARAM = "kata_py.agent.log="
-
-
-def _reap_children(signum: int, frame: FrameType | None) -> None:
-    """Collect every exited child so no zombie stays (PID 1's duty)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _end_vm() -> None:
@@ -100,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=level.upper(),
                         format="kata-py-agent: %(levelname)s %(name)s: %(message)s")
     if pid1:
-        signal.signal(signal.SIGCHLD, _reap_children)
+        Reaper().install()  # PID 1 collects every orphan
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: server.stopping.set())
 
