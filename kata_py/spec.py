@@ -1,0 +1,352 @@
+"""An OCI bundle's config.json, parsed once into frozen, typed objects.
+
+`load_spec(bundle)` reads `<bundle>/config.json`; `parse_spec(data, bundle)`
+does the same from decoded JSON. Everything past this module sees `Spec` and
+its dataclasses (tuples and read-only mappings), never a raw dict. The
+`linux` object lives in spec_linux.py, typed JSON access in spec_reader.py,
+`kata-py spec`'s template in spec_default.py.
+
+Follows the OCI runtime-spec (config.md, config-linux.md), versions 1.0.x to
+1.2.x. Unknown properties are ignored and logged at debug ("Runtimes MAY log
+unknown properties but MUST otherwise ignore them"); invalid values, and
+valid ones kata-py cannot honour in a VM, are `ConfigError`s naming the JSON
+path ("Runtimes MUST generate an error when invalid or unsupported values are
+encountered"). Rejected as unsupported here: the `solaris`, `windows`, `vm`,
+`zos` and `freebsd` platform objects, `process.scheduler`,
+`process.ioPriority`, `process.execCPUAffinity`, and per-mount
+`uidMappings`/`gidMappings` (idmapped mounts); see spec_linux.py for `linux`.
+
+It reads files only; it must not create, mount or change anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from kata_py.errors import ConfigError
+from kata_py.spec_default import default_spec
+from kata_py.spec_linux import (
+    BlockIo,
+    Cpu,
+    Device,
+    DeviceRule,
+    HugepageLimit,
+    IdMapping,
+    Linux,
+    Memory,
+    Namespace,
+    Network,
+    Pids,
+    Resources,
+    Seccomp,
+    SeccompArg,
+    Syscall,
+    parse_linux,
+)
+from kata_py.spec_reader import (
+    FILE,
+    UINT32_MAX,
+    UINT64_MAX,
+    Node,
+    invalid,
+    require_absolute,
+    require_choice,
+)
+
+__all__ = [
+    "BlockIo", "Capabilities", "ConsoleSize", "Cpu", "Device", "DeviceRule", "Hook", "Hooks",
+    "HugepageLimit", "IdMapping", "Linux", "Memory", "Mount", "Namespace", "Network", "Pids",
+    "Process", "Resources", "Rlimit", "Root", "Seccomp", "SeccompArg", "Spec", "Syscall", "User",
+    "default_spec", "load_spec", "parse_spec",
+]
+
+SUPPORTED_VERSIONS = re.compile(r"1\.[0-2]\.\d+([-+].*)?")
+CAPABILITIES = frozenset("CAP_" + name for name in (
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
+    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
+    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
+    "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
+    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
+    "CHECKPOINT_RESTORE").split())
+RLIMITS = frozenset("RLIMIT_" + name for name in (
+    "AS CORE CPU DATA FSIZE LOCKS MEMLOCK MSGQUEUE NICE NOFILE NPROC RSS RTPRIO RTTIME "
+    "SIGPENDING STACK").split())
+HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+              "poststop")
+PLATFORMS_UNSUPPORTED = ("solaris", "windows", "vm", "zos", "freebsd")
+
+
+@dataclass(frozen=True)
+class ConsoleSize:
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int = 0
+    gid: int = 0
+    umask: int | None = None
+    additional_gids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    bounding: tuple[str, ...] = ()
+    effective: tuple[str, ...] = ()
+    inheritable: tuple[str, ...] = ()
+    permitted: tuple[str, ...] = ()
+    ambient: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rlimit:
+    type: str
+    hard: int
+    soft: int
+
+
+@dataclass(frozen=True)
+class Process:
+    args: tuple[str, ...]
+    cwd: str
+    terminal: bool = False
+    console_size: ConsoleSize | None = None
+    user: User = User()
+    env: tuple[str, ...] = ()
+    capabilities: Capabilities | None = None
+    rlimits: tuple[Rlimit, ...] = ()
+    no_new_privileges: bool = False
+    oom_score_adj: int | None = None
+    apparmor_profile: str = ""
+    selinux_label: str = ""
+
+
+@dataclass(frozen=True)
+class Root:
+    path: Path                          # absolute, resolved against the bundle
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Mount:
+    destination: str
+    type: str = ""
+    source: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hook:
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None          # seconds
+
+
+@dataclass(frozen=True)
+class Hooks:
+    prestart: tuple[Hook, ...] = ()     # deprecated by the spec, still honoured by runc
+    create_runtime: tuple[Hook, ...] = ()
+    create_container: tuple[Hook, ...] = ()
+    start_container: tuple[Hook, ...] = ()
+    poststart: tuple[Hook, ...] = ()
+    poststop: tuple[Hook, ...] = ()
+
+
+def _no_annotations() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Spec:
+    oci_version: str
+    process: Process
+    root: Root
+    hostname: str = ""
+    domainname: str = ""
+    mounts: tuple[Mount, ...] = ()
+    hooks: Hooks = Hooks()
+    annotations: Mapping[str, str] = field(default_factory=_no_annotations)
+    linux: Linux = Linux()
+
+
+def load_spec(bundle: Path) -> Spec:
+    """Read and validate `<bundle>/config.json`."""
+    path = bundle / FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{FILE} not found in bundle {bundle}",
+                          "pass the bundle directory that holds config.json "
+                          "(kata-py spec writes a default one)") from exc
+    except OSError as exc:
+        raise ConfigError(f"{FILE} in bundle {bundle} cannot be read ({exc.strerror})",
+                          "check its permissions") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{FILE} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                          f"{exc.msg})", "fix the syntax") from exc
+    return parse_spec(data, bundle)
+
+
+def parse_spec(data: object, bundle: Path) -> Spec:
+    """Validate decoded config.json content; relative root.path is taken from `bundle`."""
+    node = Node.of(data, "")
+    version = node.string("ociVersion", required=True)
+    if not SUPPORTED_VERSIONS.fullmatch(version):
+        raise ConfigError(f"{FILE}: ociVersion {version} is not supported by kata-py",
+                          "kata-py reads OCI runtime-spec versions 1.0.x to 1.2.x")
+    for key in PLATFORMS_UNSUPPORTED:
+        node.reject(key, f"remove {key}; kata-py runs Linux containers only")
+    process, root = node.child("process"), node.child("root")
+    if process is None:
+        raise invalid("process", "is missing", "add a process object with args and cwd")
+    if root is None:
+        raise invalid("root", "is missing", "add root.path pointing at the container rootfs")
+    hooks, linux = node.child("hooks"), node.child("linux")
+    spec = Spec(
+        oci_version=version,
+        process=_process(process),
+        root=_root(root, bundle),
+        hostname=node.string("hostname"),
+        domainname=node.string("domainname"),
+        mounts=tuple(_mount(n) for n in node.children("mounts")),
+        hooks=_hooks(hooks) if hooks else Hooks(),
+        annotations=node.string_map("annotations"),
+        linux=parse_linux(linux) if linux else Linux(),
+    )
+    node.finish()
+    return spec
+
+
+def _process(node: Node) -> Process:
+    for key in ("scheduler", "ioPriority", "execCPUAffinity"):
+        node.reject(key)
+    args = node.strings("args")
+    if not args:
+        raise invalid(node.at("args"), "must not be empty",
+                      "set process.args to the command to run, e.g. [\"sh\"]")
+    cwd = node.string("cwd", required=True)
+    require_absolute(node.at("cwd"), cwd)
+    console, user, caps = node.child("consoleSize"), node.child("user"), node.child("capabilities")
+    process = Process(
+        args=args,
+        cwd=cwd,
+        terminal=node.boolean("terminal"),
+        console_size=_console_size(console) if console else None,
+        user=_user(user) if user else User(),
+        env=node.strings("env"),
+        capabilities=_capabilities(caps) if caps else None,
+        rlimits=_rlimits(node),
+        no_new_privileges=node.boolean("noNewPrivileges"),
+        oom_score_adj=node.integer("oomScoreAdj", minimum=-1000, maximum=1000),
+        apparmor_profile=node.string("apparmorProfile"),
+        selinux_label=node.string("selinuxLabel"),
+    )
+    node.finish()
+    return process
+
+
+def _console_size(node: Node) -> ConsoleSize:
+    size = ConsoleSize(node.required_integer("height", minimum=0, maximum=UINT32_MAX),
+                       node.required_integer("width", minimum=0, maximum=UINT32_MAX))
+    node.finish()
+    return size
+
+
+def _user(node: Node) -> User:
+    def id_(key: str) -> int:
+        return node.integer(key, minimum=0, maximum=UINT32_MAX) or 0
+
+    user = User(uid=id_("uid"), gid=id_("gid"),
+                umask=node.integer("umask", minimum=0, maximum=0o777),
+                additional_gids=node.integers("additionalGids", minimum=0, maximum=UINT32_MAX))
+    node.finish()
+    return user
+
+
+def _capabilities(node: Node) -> Capabilities:
+    def names(key: str) -> tuple[str, ...]:
+        caps = node.strings(key)
+        for i, cap in enumerate(caps):
+            require_choice(f"{node.at(key)}[{i}]", cap, CAPABILITIES, "capability",
+                           "use a name from capabilities(7), e.g. CAP_NET_BIND_SERVICE")
+        return caps
+
+    caps = Capabilities(bounding=names("bounding"), effective=names("effective"),
+                        inheritable=names("inheritable"), permitted=names("permitted"),
+                        ambient=names("ambient"))
+    node.finish()
+    return caps
+
+
+def _rlimits(node: Node) -> tuple[Rlimit, ...]:
+    seen: set[str] = set()
+    out = []
+    for item in node.children("rlimits"):
+        kind = item.string("type", required=True)
+        require_choice(item.at("type"), kind, RLIMITS, "rlimit",
+                       "use a name from getrlimit(2), e.g. RLIMIT_NOFILE")
+        if kind in seen:
+            raise invalid(item.at("type"), f"{kind} is listed twice", "list each rlimit once")
+        seen.add(kind)
+        hard = item.required_integer("hard", minimum=0, maximum=UINT64_MAX)
+        soft = item.required_integer("soft", minimum=0, maximum=UINT64_MAX)
+        if soft > hard:
+            raise invalid(item.path, f"soft limit {soft} is above the hard limit {hard}")
+        item.finish()
+        out.append(Rlimit(kind, hard, soft))
+    return tuple(out)
+
+
+def _root(node: Node, bundle: Path) -> Root:
+    raw = node.string("path", required=True)
+    path = Path(raw) if raw.startswith("/") else bundle / raw
+    path = path.resolve()
+    if not path.exists():
+        raise invalid(node.at("path"), f"{path} does not exist",
+                      "unpack the container image there or fix root.path")
+    if not path.is_dir():
+        raise invalid(node.at("path"), f"{path} is not a directory",
+                      "root.path must name the container's root filesystem directory")
+    root = Root(path, node.boolean("readonly"))
+    node.finish()
+    return root
+
+
+def _mount(node: Node) -> Mount:
+    destination = node.string("destination", required=True)
+    require_absolute(node.at("destination"), destination)
+    hint = "idmapped mounts cannot be shared into the VM; remove the mapping"
+    node.reject("uidMappings", hint)
+    node.reject("gidMappings", hint)
+    mount = Mount(destination, node.string("type"), node.string("source"),
+                  node.strings("options"))
+    node.finish()
+    return mount
+
+
+def _hooks(node: Node) -> Hooks:
+    def hooks(key: str) -> tuple[Hook, ...]:
+        out = []
+        for item in node.children(key):
+            path = item.string("path", required=True)
+            require_absolute(item.at("path"), path)
+            timeout = item.integer("timeout")
+            if timeout is not None and timeout <= 0:
+                raise invalid(item.at("timeout"), f"must be greater than zero, not {timeout}")
+            out.append(Hook(path, item.strings("args"), item.strings("env"), timeout))
+            item.finish()
+        return tuple(out)
+
+    parsed = Hooks(*(hooks(key) for key in HOOK_KINDS))
+    node.finish()
+    return parsed
+
