@@ -79,6 +79,37 @@ def check(obj: Context, boot: bool) -> None:
         raise KataError(report.failure or "this host cannot run kata-py")
 
 
+@cli.command()
+@click.option("--bundle", "-b", default=".", type=click.Path(file_okay=False),
+              help="directory to write config.json into")
+@click.option("--rootless", is_flag=True, help="a spec for a rootless container")
+def spec(bundle: str, rootless: bool) -> None:
+    """Write a default config.json (the one `runc spec` writes)."""
+    import json
+    from pathlib import Path
+
+    from kata_py.spec_default import default_spec
+
+    path = Path(bundle) / "config.json"
+    if path.exists():
+        raise KataError(f"{path} already exists", "remove it first")
+    try:
+        path.write_text(json.dumps(default_spec(rootless), indent="\t") + "\n")
+    except OSError as exc:
+        raise KataError(f"cannot write {path}: {exc.strerror}",
+                        "check that the bundle directory exists") from exc
+
+
+@cli.command()
+def features() -> None:
+    """Print what kata-py supports (OCI features document, JSON)."""
+    import json
+
+    from kata_py.features import features as document
+
+    click.echo(json.dumps(document(), indent=4))
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:

@@ -1,0 +1,44 @@
+"""`kata-py spec` and `kata-py features` through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from kata_py.spec import parse_spec
+from kata_py.spec_linux import SECCOMP_ACTIONS
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kata_py.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_spec_writes_a_config_json_kata_py_accepts(tmp_path: Path) -> None:
+    (tmp_path / "rootfs").mkdir()
+    out = _cli("spec", "--bundle", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["process"]["args"] == ["sh"]
+    parse_spec(config, tmp_path)
+
+
+def test_spec_refuses_to_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    out = _cli("spec", "-b", str(tmp_path))
+    assert out.returncode == 1
+    assert out.stderr == f"kata-py: {tmp_path / 'config.json'} already exists: remove it first\n"
+
+
+def test_features_lists_what_the_parser_accepts() -> None:
+    out = _cli("features")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["ociVersionMin"] == "1.0.0"
+    assert "createRuntime" in doc["hooks"]
+    assert doc["linux"]["cgroup"]["v2"] is True
+    actions = set(doc["linux"]["seccomp"]["actions"])
+    assert "SCMP_ACT_NOTIFY" not in actions and actions <= SECCOMP_ACTIONS
+    assert "io.kata-py.vm.vcpus" in doc["annotations"]
