@@ -1,0 +1,215 @@
+"""cgroup v2 for one container: create, limit, join, freeze/thaw, stats.
+
+Owns the translation of OCI `linux.resources` (config-linux.md, "Control
+groups") onto cgroup v2 interface files, following runc's
+libcontainer/cgroups/fs2 and the runtime-spec's cgroup v2 conversion
+(runc `ConvertCPUSharesToCgroupV2Value`, `ConvertMemorySwapToCgroupV2Value`):
+
+    memory.limit        → memory.max        (-1 → "max")
+    memory.reservation  → memory.low
+    memory.swap         → memory.swap.max   (= swap - limit; OCI swap is memory+swap)
+    cpu.shares          → cpu.weight        (1 + (shares - 2) * 9999 / 262142)
+    cpu.quota/period    → cpu.max           ("<quota|max> <period>")
+    cpu.cpus / mems     → cpuset.cpus / cpuset.mems
+    pids.limit          → pids.max          (<= 0 → "max")
+    unified             → written verbatim
+
+The cgroup2 hierarchy is mounted at `Cgroup.root` (/sys/fs/cgroup in the
+guest). Controllers are enabled in every ancestor's cgroup.subtree_control on
+the way down. This module never decides *which* cgroup a container gets —
+the agent does — and never kills processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kata_py.agent.launch_config import Cgroup, Resources
+
+FREEZE_TIMEOUT_S = 5.0
+_CPU_PERIOD_DEFAULT_US = 100_000
+
+
+class CgroupError(OSError):
+    """A cgroup operation failed; the message names the file."""
+
+
+def cpu_weight_from_shares(shares: int) -> int:
+    """OCI cpu.shares (2..262144) → cgroup v2 cpu.weight (1..10000); 0 → unset (0)."""
+    if shares == 0:
+        return 0
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def swap_max(memory_swap: int, memory_limit: int | None) -> str:
+    """OCI memory.swap (memory+swap) → memory.swap.max (swap only)."""
+    if memory_swap == -1:
+        return "max"
+    if memory_limit is None or memory_limit <= 0:
+        raise ValueError("linux.resources.memory.swap: needs a memory limit")
+    if memory_swap < memory_limit:
+        raise ValueError("linux.resources.memory.swap: must be >= memory.limit")
+    return str(memory_swap - memory_limit)
+
+
+def _max_or(value: int) -> str:
+    return "max" if value < 0 else str(value)
+
+
+def resource_files(res: Resources) -> dict[str, str]:
+    """The cgroup v2 interface files and values for `res`, in write order."""
+    files: dict[str, str] = {}
+    if res.cpuset_cpus:
+        files["cpuset.cpus"] = res.cpuset_cpus
+    if res.cpuset_mems:
+        files["cpuset.mems"] = res.cpuset_mems
+    if res.memory_reservation is not None:
+        files["memory.low"] = _max_or(res.memory_reservation)
+    if res.memory_limit is not None:
+        files["memory.max"] = _max_or(res.memory_limit)
+    if res.memory_swap is not None and res.memory_swap != 0:
+        files["memory.swap.max"] = swap_max(res.memory_swap, res.memory_limit)
+    if res.cpu_shares:
+        files["cpu.weight"] = str(cpu_weight_from_shares(res.cpu_shares))
+    if res.cpu_quota is not None or res.cpu_period is not None:
+        quota = res.cpu_quota if res.cpu_quota is not None else -1
+        period = res.cpu_period or _CPU_PERIOD_DEFAULT_US
+        files["cpu.max"] = f"{quota if quota > 0 else 'max'} {period}"
+    if res.pids_limit is not None and res.pids_limit != 0:
+        files["pids.max"] = str(res.pids_limit) if res.pids_limit > 0 else "max"
+    files.update(res.unified)
+    return files
+
+
+def cgroup_dir(cg: Cgroup) -> Path:
+    """Absolute directory of the container's cgroup."""
+    rel = cg.path.strip("/")
+    if not rel or ".." in rel.split("/"):
+        raise ValueError(f"cgroup path {cg.path!r}: must be a relative path below the root")
+    return Path(cg.root) / rel
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        raise CgroupError(exc.errno, f"write {value!r} to {path}: {exc.strerror}") from exc
+
+
+def _enable_controllers(root: Path, target: Path, wanted: set[str]) -> None:
+    """Enable `wanted` controllers in subtree_control of every ancestor of `target`."""
+    current = root
+    for part in target.relative_to(root).parts:
+        available = set((current / "cgroup.controllers").read_text().split())
+        enabled = set((current / "cgroup.subtree_control").read_text().split())
+        missing = (wanted & available) - enabled
+        if missing:
+            _write(current / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+        current = current / part
+
+
+def create(cg: Cgroup) -> Path:
+    """Create the cgroup (and parents) with the controllers its limits need."""
+    path = cgroup_dir(cg)
+    root = Path(cg.root)
+    wanted = {name.split(".", 1)[0] for name in resource_files(cg.resources)}
+    _enable_controllers(root, path, wanted)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def apply(path: Path, res: Resources) -> None:
+    """Write the limits; a controller not enabled here is an error naming the file."""
+    for name, value in resource_files(res).items():
+        if not (path / name).exists():
+            raise CgroupError(2, f"{path / name}: no such cgroup file (controller "
+                                 f"{name.split('.', 1)[0]!r} not available)")
+        _write(path / name, value)
+
+
+def join(path: Path, pid: int = 0) -> None:
+    """Move `pid` (0 = the caller) into the cgroup."""
+    _write(path / "cgroup.procs", str(pid or os.getpid()))
+
+
+def _events(path: Path) -> dict[str, str]:
+    lines = (path / "cgroup.events").read_text().splitlines()
+    return dict(line.split(" ", 1) for line in lines if " " in line)
+
+
+def _set_frozen(path: Path, frozen: bool) -> None:
+    _write(path / "cgroup.freeze", "1" if frozen else "0")
+    deadline = time.monotonic() + FREEZE_TIMEOUT_S
+    want = "1" if frozen else "0"
+    while _events(path).get("frozen") != want:
+        if time.monotonic() > deadline:
+            raise CgroupError(62, f"{path}: not {'frozen' if frozen else 'thawed'} after "
+                                  f"{FREEZE_TIMEOUT_S}s")
+        time.sleep(0.01)
+
+
+def freeze(path: Path) -> None:
+    """cgroup.freeze = 1 and wait until cgroup.events says frozen (OCI pause)."""
+    _set_frozen(path, True)
+
+
+def thaw(path: Path) -> None:
+    """cgroup.freeze = 0 and wait until thawed (OCI resume)."""
+    _set_frozen(path, False)
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    """What the agent reports for StatsContainer; None where the controller is off."""
+
+    memory_current: int | None
+    oom_kills: int | None
+    cpu_usage_usec: int | None
+    cpu_user_usec: int | None
+    cpu_system_usec: int | None
+    pids_current: int | None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
+def stats(path: Path) -> CgroupStats:
+    """memory.current, memory.events oom_kill, cpu.stat, pids.current."""
+    cpu = _read_keyed(path / "cpu.stat")
+    events = _read_keyed(path / "memory.events")
+    return CgroupStats(
+        memory_current=_read_int(path / "memory.current"),
+        oom_kills=events.get("oom_kill"),
+        cpu_usage_usec=cpu.get("usage_usec"),
+        cpu_user_usec=cpu.get("user_usec"),
+        cpu_system_usec=cpu.get("system_usec"),
+        pids_current=_read_int(path / "pids.current"),
+    )
+
+
+def remove(path: Path) -> None:
+    """rmdir the (empty) cgroup; missing is fine."""
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,553 @@
+"""The container launcher: a single-threaded process that becomes the container.
+
+    python3 -m kata_py.agent.launcher --config-fd N
+
+The agent is a multi-threaded gRPC server and must never fork() without exec,
+so it fork+execs this module, which does what runc's `runc init` does
+(libcontainer/nsexec + standard_init_linux.go), in runc's order:
+
+ 1. read the launch description (launch_config.py) from fd N;
+ 2. create the cgroup v2 group, write its limits, join it (cgroups.py);
+ 3. setns() into the namespaces given by path, unshare() the new ones; with a
+    new (or joined) pid namespace fork: the child is the container's PID 1,
+    the parent reports `{"pid": <child>}`, waits, and exits with the child's
+    status (re-raising its fatal signal) so the agent can track one process;
+ 4. in the container process: rlimits, oom_score_adj; root propagation,
+    rootfs bind, spec mounts, /dev, pivot_root (mounts.py); hostname,
+    domainname, sysctl, readonly paths, masked paths, readonly root;
+ 5. credentials: bounding set, setgroups/setgid/setuid with PR_SET_KEEPCAPS,
+    capset, ambient set; umask; cwd; no_new_privs;
+ 6. seccomp — last: just before execve when no_new_privileges is set (runc),
+    else before capabilities are dropped (installing needs CAP_SYS_ADMIN);
+ 7. `{"created": <pid>}` on the sync fd, block reading the start fd, execve.
+
+A process description whose mount namespace is *joined* (a path) is an exec
+into an existing container: steps that build the rootfs are skipped, as runc's
+setns_init does.
+
+Sync fd protocol (JSON lines, close-on-exec): `{"pid": N}` (outer pid, only
+when a pid namespace forces a fork), `{"created": N}`, `{"error": "<one line
+naming what failed>"}`. EOF after "created" with no error = execve succeeded.
+A failed exec reports `{"error": "exec \\"foo\\": No such file or directory"}`
+and exits 127. EOF on the start fd without a byte exits 0 without exec'ing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import importlib
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import termios
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, NoReturn
+
+from kata_py.agent import cgroups, linux, mounts
+from kata_py.agent.launch_config import LaunchConfig, LaunchConfigError, Process, from_json
+
+EXIT_SETUP_FAILED = 1
+EXIT_EXEC_FAILED = 127
+_FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+
+
+class LaunchError(Exception):
+    """A step failed; the message is the one line the agent receives."""
+
+
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """Name the failing step in the error: `mount proc on /proc: Permission denied`."""
+    try:
+        yield
+    except LaunchError:
+        raise
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LaunchError(f"{what}: {detail}") from exc
+
+
+class Reporter:
+    """Writes the sync-fd JSON lines; a vanished agent (EPIPE) is ignored."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        try:
+            os.write(self.fd, data)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+
+    def error(self, message: str) -> None:
+        self.send({"error": " ".join(message.splitlines())})
+
+
+# --- 1. the description -------------------------------------------------------
+
+def read_config(fd: int) -> LaunchConfig:
+    """Read the JSON description from `fd` until EOF, then close it."""
+    chunks = []
+    with os.fdopen(fd, "rb") as f:
+        chunks.append(f.read())
+    config = from_json(b"".join(chunks))
+    check_fds(config)
+    return config
+
+
+def check_fds(config: LaunchConfig) -> None:
+    """The sync/start fds must not collide with stdio or preserved fds."""
+    low = 3 + config.fds.preserve
+    for name, fd in (("sync", config.fds.sync), ("start", config.fds.start)):
+        if fd < low:
+            raise LaunchConfigError(f"fds.{name}: {fd} collides with stdio/preserved fds")
+
+
+# --- 2. cgroup ----------------------------------------------------------------
+
+def setup_cgroup(config: LaunchConfig) -> None:
+    """Create the container's cgroup, write its limits, move this process in."""
+    if config.cgroup is None:
+        return
+    with step(f"cgroup {config.cgroup.path}"):
+        path = cgroups.create(config.cgroup)
+        cgroups.apply(path, config.cgroup.resources)
+        cgroups.join(path)
+
+
+# --- 3. namespaces ------------------------------------------------------------
+
+def join_namespaces(config: LaunchConfig) -> None:
+    """setns() into every namespace given by path (all opened first, like nsexec)."""
+    opened: list[tuple[str, int]] = []
+    try:
+        for ns in config.namespaces:
+            if ns.path:
+                with step(f"open {ns.type} namespace {ns.path}"):
+                    opened.append((ns.type, os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)))
+        for ns_type, fd in opened:
+            with step(f"setns {ns_type}"):
+                linux.setns(fd, linux.NAMESPACE_FLAGS[ns_type])
+    finally:
+        for _, fd in opened:
+            os.close(fd)
+
+
+def unshare_namespaces(config: LaunchConfig) -> None:
+    """unshare() the namespaces to create (CLONE_NEWPID affects the next fork)."""
+    flags = 0
+    for ns in config.namespaces:
+        if not ns.path:
+            flags |= linux.NAMESPACE_FLAGS[ns.type]
+    if flags:
+        with step("unshare namespaces"):
+            linux.unshare(flags)
+
+
+def needs_fork(config: LaunchConfig) -> bool:
+    """A new or joined pid namespace only applies to children."""
+    return any(ns.type == "pid" for ns in config.namespaces)
+
+
+def joins_mount_namespace(config: LaunchConfig) -> bool:
+    """An exec into an existing container (runc setns_init): no rootfs to build."""
+    return any(ns.type == "mount" and ns.path for ns in config.namespaces)
+
+
+def supervise(config: LaunchConfig, reporter: Reporter, child: int, pid_pipe: int) -> int:
+    """Parent side of the fork: report the pid, forward signals, mirror the exit."""
+    reporter.send({"pid": child})  # before the child can run on and send "created"
+    os.write(pid_pipe, str(child).encode())
+    os.close(pid_pipe)
+    for fd in {config.fds.sync, config.fds.start}:
+        os.close(fd)
+    for signum in _FORWARDED_SIGNALS:
+        signal.signal(signum, lambda s, _f: forward_signal(child, s))
+    _, status = os.waitpid(child, 0)
+    if os.WIFSIGNALED(status):
+        die_by_signal(os.WTERMSIG(status))
+    return os.waitstatus_to_exitcode(status)
+
+
+def forward_signal(child: int, signum: int) -> None:
+    """Pass a signal sent to the supervisor on to the container process."""
+    try:
+        os.kill(child, signum)
+    except ProcessLookupError:
+        pass  # already exited; waitpid will tell
+
+
+def die_by_signal(signum: int) -> None:
+    """Exit the way the container did, so the agent's waitpid sees the signal."""
+    for sig in {*_FORWARDED_SIGNALS, signum} - {signal.SIGKILL, signal.SIGSTOP}:
+        signal.signal(sig, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file of the launcher
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+
+
+# --- 4. the container's view --------------------------------------------------
+
+def setup_stdio(config: LaunchConfig) -> None:
+    """dup2 the described stdio fds onto 0/1/2; with a terminal, make it controlling."""
+    for target, fd in enumerate((config.fds.stdin, config.fds.stdout, config.fds.stderr)):
+        if fd != target:
+            os.dup2(fd, target)
+    try:
+        os.setsid()
+    except PermissionError:
+        pass  # already a session leader (no fork happened)
+    if config.process.terminal and config.fds.console_socket < 0:
+        with step("set controlling terminal"):
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def setup_console(config: LaunchConfig) -> None:
+    """runc's console socket: a pty from the container's devpts; master to the agent."""
+    if not config.process.terminal or config.fds.console_socket < 0:
+        return
+    with step("create console"):
+        master, slave = os.openpty()  # /dev/ptmx → pts/ptmx: the container's devpts
+        sock = socket.socket(fileno=config.fds.console_socket)
+        try:
+            socket.send_fds(sock, [b"console"], [master])
+        finally:
+            sock.close()
+            os.close(master)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.close(slave)
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def set_rlimits(process: Process) -> None:
+    """process.rlimits via setrlimit(2)."""
+    for rlimit in process.rlimits:
+        with step(f"setrlimit {rlimit.type}"):
+            number = getattr(resource, rlimit.type, None)
+            if not rlimit.type.startswith("RLIMIT_") or not isinstance(number, int):
+                raise ValueError(f"unknown rlimit type {rlimit.type!r}")
+            resource.setrlimit(number, (rlimit.soft, rlimit.hard))
+
+
+def set_oom_score_adj(process: Process) -> None:
+    """process.oomScoreAdj → /proc/self/oom_score_adj."""
+    if process.oom_score_adj is None:
+        return
+    with step("write oom_score_adj"), open("/proc/self/oom_score_adj", "w") as f:
+        f.write(str(process.oom_score_adj))
+
+
+def prepare_rootfs(config: LaunchConfig) -> None:
+    """runc prepareRootfs: propagation, rootfs bind, mounts, /dev, pivot."""
+    rootfs = os.path.realpath(config.rootfs)
+    with step("make / " + (config.rootfs_propagation or "rslave")):
+        mounts.set_root_propagation(config.rootfs_propagation)
+    with step(f"make the mount holding {rootfs} private"):
+        mounts.make_parent_mount_private(rootfs)
+    with step(f"bind rootfs {rootfs}"):
+        mounts.bind_rootfs(rootfs)
+    for m in config.mounts:
+        with step(f"mount {m.type or 'bind'} {m.source or ''} on {m.destination}"):
+            mounts.mount_one(rootfs, m)
+    with step("set up /dev"):
+        mounts.setup_dev(rootfs, config.devices, config.default_devices)
+    if config.no_pivot:
+        with step(f"move root to {rootfs}"):
+            mounts.move_root(rootfs)
+    else:
+        with step(f"pivot_root to {rootfs}"):
+            mounts.pivot_root(rootfs)
+    if config.rootfs_propagation:
+        with step(f"make / {config.rootfs_propagation}"):
+            mounts.set_root_propagation(config.rootfs_propagation)
+
+
+def set_names(config: LaunchConfig) -> None:
+    """hostname and domainname in the container's UTS namespace."""
+    if config.hostname:
+        with step("sethostname"):
+            linux.sethostname(config.hostname)
+    if config.domainname:
+        with step("setdomainname"):
+            linux.setdomainname(config.domainname)
+
+
+def write_sysctls(config: LaunchConfig) -> None:
+    """linux.sysctl: net.ipv4.ip_forward → /proc/sys/net/ipv4/ip_forward (runc)."""
+    for key, value in config.sysctl.items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        with step(f"sysctl {key}"), open(path, "w") as f:
+            f.write(value)
+
+
+def finish_rootfs(config: LaunchConfig) -> None:
+    """After the pivot: readonly paths, masked paths, then root read-only."""
+    for path in config.readonly_paths:
+        with step(f"readonly path {path}"):
+            mounts.readonly_path(path)
+    for path in config.masked_paths:
+        with step(f"mask path {path}"):
+            mounts.mask_path(path)
+    if config.readonly_rootfs:
+        with step("remount / read-only"):
+            mounts.readonly_root()
+
+
+# --- 5./6. credentials and seccomp ---------------------------------------------
+
+def change_cwd(cwd: str) -> bool:
+    """chdir; False when it must be retried as the container user."""
+    try:
+        os.chdir(cwd)
+        return True
+    except PermissionError:
+        return False
+
+
+def capability_mask(names: tuple[str, ...]) -> int:
+    """CAP_* names → mask, without capabilities this kernel does not know (as runc)."""
+    return linux.capability_mask(names) & linux.kernel_capabilities()
+
+
+def drop_credentials(process: Process) -> None:
+    """runc finalizeNamespace: bounding set, user, capabilities, ambient."""
+    caps = process.capabilities
+    if caps is not None:
+        with step("drop bounding capabilities"):
+            linux.drop_bounding_except(capability_mask(caps.bounding))
+    with step(f"set user {process.uid}:{process.gid}"):
+        if caps is not None and process.uid != 0:
+            linux.set_keepcaps(True)
+        os.setgroups(list(process.additional_gids))
+        os.setgid(process.gid)
+        os.setuid(process.uid)
+        if caps is not None and process.uid != 0:
+            linux.set_keepcaps(False)
+    if caps is not None:
+        with step("set capabilities"):
+            linux.capset(capability_mask(caps.effective), capability_mask(caps.permitted),
+                         capability_mask(caps.inheritable))
+            linux.set_ambient(capability_mask(caps.ambient))
+
+
+def seccomp_module() -> ModuleType | None:
+    """kata_py.agent.seccomp when it is installed (it is optional for the launcher)."""
+    try:
+        return importlib.import_module("kata_py.agent.seccomp")
+    except ImportError:
+        return None
+
+
+def seccomp_profile(module: ModuleType, raw: dict[str, Any]) -> Any:
+    """The description's seccomp dict (SeccompProfile's fields) → a SeccompProfile."""
+    try:
+        rules = []
+        for rule in raw.get("syscalls", ()):
+            args = tuple(module.ArgMatch(**a) for a in rule.get("args", ()))
+            rules.append(module.SyscallRule(**{**rule, "names": tuple(rule["names"]),
+                                               "args": args}))
+        return module.SeccompProfile(**{**raw, "syscalls": tuple(rules),
+                                        "architectures": tuple(raw.get("architectures", ())),
+                                        "flags": tuple(raw.get("flags", ()))})
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"profile does not match SeccompProfile: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SeccompFilter:
+    """A compiled filter, ready to install (compiled before pivot_root: after it,
+    kata_py.agent.seccomp could no longer be imported from the guest's filesystem)."""
+
+    install: Callable[[bytes, int], None]
+    program: bytes
+    flags: int
+
+
+def compile_seccomp(config: LaunchConfig) -> SeccompFilter | None:
+    """Compile linux.seccomp with seccomp.py (which owns the BPF)."""
+    if config.seccomp is None:
+        return None
+    with step("seccomp"):
+        module = seccomp_module()
+        if module is None:
+            raise LaunchError("seccomp: a profile was given but kata_py.agent.seccomp "
+                              "is not available")
+        profile = seccomp_profile(module, config.seccomp)
+        return SeccompFilter(module.install, module.compile_filter(profile),
+                             module.filter_flags(profile))
+
+
+def install_seccomp(seccomp: SeccompFilter | None) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER) on this (only) thread."""
+    if seccomp is not None:
+        with step("install seccomp filter"):
+            seccomp.install(seccomp.program, seccomp.flags)
+
+
+# --- 7. start and exec --------------------------------------------------------
+
+def lookup_executable(process: Process) -> str:
+    """args[0], searched in the *spec's* PATH when it has no slash (runc)."""
+    name = process.args[0]
+    if "/" in name:
+        return name
+    env_path = next((e[5:] for e in process.env if e.startswith("PATH=")), "")
+    for directory in env_path.split(":") if env_path else ():
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def wait_for_start(fd: int) -> bool:
+    """Block until the agent writes a byte (True) or closes the fd (False)."""
+    while True:
+        try:
+            data = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        os.close(fd)
+        return bool(data)
+
+
+def close_extra_fds(config: LaunchConfig) -> None:
+    """Everything but stdio, preserved fds (and the close-on-exec sync fd) is closed."""
+    keep = set(range(3 + config.fds.preserve))
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 4096))
+    for fd in fds:
+        if fd not in keep and fd != config.fds.sync:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+    for fd in range(3, 3 + config.fds.preserve):
+        os.set_inheritable(fd, True)
+
+
+def exec_process(config: LaunchConfig, reporter: Reporter,
+                 seccomp: SeccompFilter | None) -> NoReturn:
+    """Resolve, (seccomp,) execve; on failure report and exit 127."""
+    process = config.process
+    try:
+        path = lookup_executable(process)
+    except OSError as exc:
+        reporter.error(f'exec "{process.args[0]}": {exc.strerror}')
+        os._exit(EXIT_EXEC_FAILED)
+    if process.no_new_privileges:
+        try:
+            install_seccomp(seccomp)
+        except LaunchError as exc:
+            reporter.error(str(exc))
+            os._exit(EXIT_SETUP_FAILED)
+    env = {key: value for key, _, value in (e.partition("=") for e in process.env)}
+    try:
+        os.execve(path, list(process.args), env)
+    except OSError as exc:
+        reporter.error(f'exec "{process.args[0]}": {exc.strerror}')
+    os._exit(EXIT_EXEC_FAILED)
+
+
+def outer_pid(pid_pipe: int | None) -> int:
+    """This process's pid as the agent sees it (the parent writes it after fork)."""
+    if pid_pipe is None:
+        return os.getpid()
+    with os.fdopen(pid_pipe, "rb") as f:
+        return int(f.read())
+
+
+def build_container(config: LaunchConfig, reporter: Reporter, pid_pipe: int | None,
+                    seccomp: SeccompFilter | None) -> NoReturn:
+    """Steps 4–7 in the process that becomes the container."""
+    process = config.process
+    pid = outer_pid(pid_pipe)
+    setup_stdio(config)
+    set_rlimits(process)
+    set_oom_score_adj(process)
+    if not joins_mount_namespace(config):
+        prepare_rootfs(config)
+        setup_console(config)
+        set_names(config)
+        write_sysctls(config)
+        finish_rootfs(config)
+    if process.umask is not None:
+        os.umask(process.umask)
+    cwd_done = change_cwd(process.cwd)
+    close_extra_fds(config)  # while /proc/self/fd is still readable (before setuid)
+    if not process.no_new_privileges:
+        install_seccomp(seccomp)
+    drop_credentials(process)
+    if not cwd_done:
+        with step(f"chdir {process.cwd}"):
+            os.chdir(process.cwd)
+    if process.no_new_privileges:
+        with step("set no_new_privs"):
+            linux.set_no_new_privs()
+    reporter.send({"created": pid})
+    if not wait_for_start(config.fds.start):
+        os._exit(0)
+    exec_process(config, reporter, seccomp)
+
+
+def run(config: LaunchConfig, reporter: Reporter) -> int:
+    """Steps 2–3 here; the container process never returns."""
+    os.set_inheritable(config.fds.sync, False)
+    os.set_inheritable(config.fds.start, False)
+    if config.fds.console_socket >= 0:
+        os.set_inheritable(config.fds.console_socket, False)
+    seccomp = compile_seccomp(config)
+    setup_cgroup(config)
+    join_namespaces(config)
+    unshare_namespaces(config)
+    if not needs_fork(config):
+        build_container(config, reporter, None, seccomp)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(write_end)
+        try:
+            build_container(config, reporter, read_end, seccomp)
+        except LaunchError as exc:
+            reporter.error(str(exc))
+        except BaseException as exc:  # noqa: BLE001 - must never return into the parent's code
+            reporter.error(f"internal error: {type(exc).__name__}: {exc}")
+        os._exit(EXIT_SETUP_FAILED)
+    os.close(read_end)
+    return supervise(config, reporter, child, write_end)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kata_py.agent.launcher")
+    parser.add_argument("--config-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        config = read_config(args.config_fd)
+    except (OSError, LaunchConfigError) as exc:
+        print(f"kata-py launcher: launch description: {exc}", file=sys.stderr)
+        return 2
+    reporter = Reporter(config.fds.sync)
+    try:
+        return run(config, reporter)
+    except LaunchError as exc:
+        reporter.error(str(exc))
+    except Exception as exc:
+        reporter.error(f"internal error: {type(exc).__name__}: {exc}")
+    return EXIT_SETUP_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
