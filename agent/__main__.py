@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     level = opts["log_level"] or _level_from_cmdline("warning")
     logging.basicConfig(stream=sys.stderr, level=level.upper(),
                         format="kata-py-agent: %(levelname)s %(name)s: %(message)s")
-    if pid1:
-        Reaper().install()  # PID 1 collects every orphan
+    # The reaper owns every waitpid(); as PID 1 it also collects all orphans.
+    reaper = Reaper().install()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: server.stopping.set())
 
-    server = AgentServer(opts["listen"], Path(opts["shared_dir"]))
+    server = AgentServer(opts["listen"], Path(opts["shared_dir"]), reaper)
     server.start()
     if pid1:
         print(f"kata-py-agent: ready (guest uptime {_uptime_s():.2f}s; python started at "

@@ -30,6 +30,10 @@ class FailedPrecondition(AgentError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class DeadlineExceeded(AgentError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 _ERRNO_CODES = {
     errno.ENOENT: grpc.StatusCode.NOT_FOUND,
     errno.EEXIST: grpc.StatusCode.ALREADY_EXISTS,

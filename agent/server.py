@@ -20,9 +20,11 @@ import grpc
 
 from kata_py import __version__
 from kata_py.agent import guest, relay, shared
-from kata_py.agent.errors import status_for
+from kata_py.agent.containers import ContainerManager
+from kata_py.agent.errors import DeadlineExceeded, FailedPrecondition, status_for
 from kata_py.agent.protocols import agent_pb2 as pb
 from kata_py.agent.protocols import agent_pb2_grpc as pb_grpc
+from kata_py.agent.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,15 @@ GRPC_UNIX_SOCKET = "/run/kata-py/agent-grpc.sock"
 SERVER_THREADS = 8
 
 R = TypeVar("R")
+READ_DEFAULT_BYTES = 64 * 1024
+
+
+def _void(fn: Callable[[], None]) -> Callable[[], pb.Empty]:
+    """An RPC body for a call that answers with Empty."""
+    def run() -> pb.Empty:
+        fn()
+        return pb.Empty()
+    return run
 
 
 def _handle(context: grpc.ServicerContext, name: str, fn: Callable[[], R]) -> R:
@@ -62,9 +73,17 @@ class HealthService(pb_grpc.HealthServicer):
 
 
 class AgentService(pb_grpc.AgentServiceServicer):
-    def __init__(self, shared_dir: Path, on_destroy: Callable[[], None]) -> None:
+    def __init__(self, shared_dir: Path, on_destroy: Callable[[], None],
+                 containers: ContainerManager | None = None) -> None:
         self.shared_dir = shared_dir
         self.on_destroy = on_destroy
+        self._containers = containers
+
+    @property
+    def containers(self) -> ContainerManager:
+        if self._containers is None:
+            raise FailedPrecondition("this agent runs without a reaper: no containers")
+        return self._containers
 
     def GetGuestDetails(self, request: pb.GuestDetailsRequest,
                         context: grpc.ServicerContext) -> Any:
@@ -78,6 +97,57 @@ class AgentService(pb_grpc.AgentServiceServicer):
     def DestroySandbox(self, request: pb.DestroySandboxRequest,
                        context: grpc.ServicerContext) -> Any:
         return _handle(context, "DestroySandbox", self.do_destroy_sandbox)
+
+    def CreateContainer(self, request: pb.CreateContainerRequest,
+                        context: grpc.ServicerContext) -> Any:
+        return _handle(context, "CreateContainer", lambda: pb.CreateContainerResponse(
+            pid=self.containers.create(request.container_id, request.launch_config_json)))
+
+    def StartContainer(self, request: pb.ContainerRequest,
+                       context: grpc.ServicerContext) -> Any:
+        return _handle(context, "StartContainer", _void(
+            lambda: self.containers.start(request.container_id)))
+
+    def WaitProcess(self, request: pb.ContainerRequest, context: grpc.ServicerContext) -> Any:
+        def do() -> pb.WaitProcessResponse:
+            code = self.containers.wait(request.container_id, context.time_remaining())
+            if code is None:
+                raise DeadlineExceeded(f"container {request.container_id} is still running")
+            return pb.WaitProcessResponse(exit_status=code)
+        return _handle(context, "WaitProcess", do)
+
+    def SignalProcess(self, request: pb.SignalProcessRequest,
+                      context: grpc.ServicerContext) -> Any:
+        return _handle(context, "SignalProcess", _void(
+            lambda: self.containers.signal(request.container_id, request.signal, request.all)))
+
+    def WriteStdin(self, request: pb.WriteStreamRequest, context: grpc.ServicerContext) -> Any:
+        return _handle(context, "WriteStdin", lambda: pb.WriteStreamResponse(
+            written=self.containers.write_stdin(request.container_id, request.data)))
+
+    def CloseStdin(self, request: pb.ContainerRequest, context: grpc.ServicerContext) -> Any:
+        return _handle(context, "CloseStdin", _void(
+            lambda: self.containers.close_stdin(request.container_id)))
+
+    def ReadStdout(self, request: pb.ReadStreamRequest, context: grpc.ServicerContext) -> Any:
+        return _handle(context, "ReadStdout", lambda: self._read(request, context, "stdout"))
+
+    def ReadStderr(self, request: pb.ReadStreamRequest, context: grpc.ServicerContext) -> Any:
+        return _handle(context, "ReadStderr", lambda: self._read(request, context, "stderr"))
+
+    def RemoveContainer(self, request: pb.ContainerRequest,
+                        context: grpc.ServicerContext) -> Any:
+        return _handle(context, "RemoveContainer", _void(
+            lambda: self.containers.remove(request.container_id)))
+
+    def _read(self, request: pb.ReadStreamRequest, context: grpc.ServicerContext,
+              which: str) -> pb.ReadStreamResponse:
+        c = self.containers.get(request.container_id)
+        stream = c.stdout if which == "stdout" else c.stderr
+        data = stream.read(request.max_bytes or READ_DEFAULT_BYTES, context.time_remaining())
+        if data is None:
+            raise DeadlineExceeded(f"no {which} from container {request.container_id} yet")
+        return pb.ReadStreamResponse(data=data)
 
     def do_get_guest_details(self) -> pb.GuestDetailsResponse:
         facts = guest.read_facts()
@@ -108,12 +178,13 @@ class AgentServer:
     gRPC listens on GRPC_UNIX_SOCKET and a relay accepts on the vsock port.
     """
 
-    def __init__(self, listen: str, shared_dir: Path) -> None:
+    def __init__(self, listen: str, shared_dir: Path, reaper: Reaper | None = None) -> None:
         self.stopping = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS))
         pb_grpc.add_HealthServicer_to_server(HealthService(), self.server)
+        containers = ContainerManager(reaper) if reaper is not None else None
         pb_grpc.add_AgentServiceServicer_to_server(
-            AgentService(shared_dir, self.stopping.set), self.server)
+            AgentService(shared_dir, self.stopping.set, containers), self.server)
         self.listen = listen
         self.relay: relay.Relay | None = None
         grpc_address = listen

@@ -22,6 +22,7 @@ T = TypeVar("T")
 RPC_TIMEOUT_S = 10.0
 HEALTH_PROBE_TIMEOUT_S = 0.5
 DESTROY_TIMEOUT_S = 3.0
+CREATE_TIMEOUT_S = 60.0     # the guest builds the container (slow under TCG)
 # Reconnect fast while the guest boots: gRPC's default backoff starts at 1 s.
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
@@ -112,6 +113,62 @@ class AgentClient:
         r = self._call("ReadSharedFile", lambda: self.agent.ReadSharedFile(
             pb.ReadSharedFileRequest(path=path, max_bytes=max_bytes), timeout=RPC_TIMEOUT_S))
         return bytes(r.data)
+
+    # -- containers -------------------------------------------------------
+
+    def create_container(self, container_id: str, launch_config_json: bytes) -> int:
+        """Build the container in the guest; its process waits for start. Returns its pid."""
+        r = self._call("CreateContainer", lambda: self.agent.CreateContainer(
+            pb.CreateContainerRequest(container_id=container_id,
+                                      launch_config_json=launch_config_json),
+            timeout=CREATE_TIMEOUT_S))
+        return int(r.pid)
+
+    def start_container(self, container_id: str) -> None:
+        self._call("StartContainer", lambda: self.agent.StartContainer(
+            pb.ContainerRequest(container_id=container_id), timeout=RPC_TIMEOUT_S))
+
+    def wait_process(self, container_id: str, timeout_s: float) -> int | None:
+        """The exit status (128+N for signal N), or None if still running at timeout_s."""
+        try:
+            r = self.agent.WaitProcess(pb.ContainerRequest(container_id=container_id),
+                                       timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return None
+            raise _agent_error("WaitProcess", exc) from exc
+        return int(r.exit_status)
+
+    def signal_process(self, container_id: str, signum: int, all_processes: bool = False) -> None:
+        self._call("SignalProcess", lambda: self.agent.SignalProcess(
+            pb.SignalProcessRequest(container_id=container_id, signal=signum,
+                                    all=all_processes), timeout=RPC_TIMEOUT_S))
+
+    def write_stdin(self, container_id: str, data: bytes) -> int:
+        r = self._call("WriteStdin", lambda: self.agent.WriteStdin(
+            pb.WriteStreamRequest(container_id=container_id, data=data), timeout=RPC_TIMEOUT_S))
+        return int(r.written)
+
+    def close_stdin(self, container_id: str) -> None:
+        self._call("CloseStdin", lambda: self.agent.CloseStdin(
+            pb.ContainerRequest(container_id=container_id), timeout=RPC_TIMEOUT_S))
+
+    def read_output(self, container_id: str, stream: str, timeout_s: float,
+                    max_bytes: int = 0) -> bytes | None:
+        """Next output of stdout/stderr; b"" at end of stream, None at timeout."""
+        rpc = self.agent.ReadStdout if stream == "stdout" else self.agent.ReadStderr
+        try:
+            r = rpc(pb.ReadStreamRequest(container_id=container_id, max_bytes=max_bytes),
+                    timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return None
+            raise _agent_error(f"Read{stream.capitalize()}", exc) from exc
+        return bytes(r.data)
+
+    def remove_container(self, container_id: str) -> None:
+        self._call("RemoveContainer", lambda: self.agent.RemoveContainer(
+            pb.ContainerRequest(container_id=container_id), timeout=RPC_TIMEOUT_S))
 
     def destroy_sandbox(self) -> None:
         self._call("DestroySandbox", lambda: self.agent.DestroySandbox(

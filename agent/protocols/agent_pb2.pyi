@@ -37,6 +37,70 @@ class VersionCheckResponse(_message.Message):
     python_version: str
     def __init__(self, grpc_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ...) -> None: ...
 
+class CreateContainerRequest(_message.Message):
+    __slots__ = ("container_id", "launch_config_json")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    launch_config_json: bytes
+    def __init__(self, container_id: _Optional[str] = ..., launch_config_json: _Optional[bytes] = ...) -> None: ...
+
+class CreateContainerResponse(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class ContainerRequest(_message.Message):
+    __slots__ = ("container_id",)
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class WaitProcessResponse(_message.Message):
+    __slots__ = ("exit_status",)
+    EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    exit_status: int
+    def __init__(self, exit_status: _Optional[int] = ...) -> None: ...
+
+class SignalProcessRequest(_message.Message):
+    __slots__ = ("container_id", "signal", "all")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    signal: int
+    all: bool
+    def __init__(self, container_id: _Optional[str] = ..., signal: _Optional[int] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class WriteStreamRequest(_message.Message):
+    __slots__ = ("container_id", "data")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    data: bytes
+    def __init__(self, container_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WriteStreamResponse(_message.Message):
+    __slots__ = ("written",)
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    def __init__(self, written: _Optional[int] = ...) -> None: ...
+
+class ReadStreamRequest(_message.Message):
+    __slots__ = ("container_id", "max_bytes")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    max_bytes: int
+    def __init__(self, container_id: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class ReadStreamResponse(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

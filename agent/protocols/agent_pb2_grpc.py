@@ -171,6 +171,51 @@ class AgentServiceStub:
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.DestroySandboxRequest.SerializeToString,
                 response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CreateContainer = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/CreateContainer',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerResponse.FromString,
+                _registered_method=True)
+        self.StartContainer = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/StartContainer',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.WaitProcess = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/WaitProcess',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.WaitProcessResponse.FromString,
+                _registered_method=True)
+        self.SignalProcess = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/SignalProcess',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.SignalProcessRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.WriteStdin = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/WriteStdin',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.WriteStreamRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.WriteStreamResponse.FromString,
+                _registered_method=True)
+        self.CloseStdin = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/CloseStdin',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ReadStdout = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/ReadStdout',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamResponse.FromString,
+                _registered_method=True)
+        self.ReadStderr = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/ReadStderr',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamResponse.FromString,
+                _registered_method=True)
+        self.RemoveContainer = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/RemoveContainer',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -199,6 +244,65 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateContainer(self, request, context):
+        """Containers. CreateContainer builds the container and leaves its process
+        waiting to be started (runc's exec fifo); StartContainer lets it execve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitProcess(self, request, context):
+        """Blocks until the container's process exits (or the RPC deadline).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignalProcess(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteStdin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseStdin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadStdout(self, request, context):
+        """Block until output is available; empty data means end of stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadStderr(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveContainer(self, request, context):
+        """Kills the process if it still runs and forgets the container.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +319,51 @@ def add_AgentServiceServicer_to_server(servicer, server):
             'DestroySandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.DestroySandbox,
                     request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.DestroySandboxRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'CreateContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateContainer,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerResponse.SerializeToString,
+            ),
+            'StartContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartContainer,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'WaitProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitProcess,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.WaitProcessResponse.SerializeToString,
+            ),
+            'SignalProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalProcess,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.SignalProcessRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'WriteStdin': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteStdin,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.WriteStreamRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.WriteStreamResponse.SerializeToString,
+            ),
+            'CloseStdin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseStdin,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'ReadStdout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadStdout,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamResponse.SerializeToString,
+            ),
+            'ReadStderr': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadStderr,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamResponse.SerializeToString,
+            ),
+            'RemoveContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveContainer,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
                     response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
             ),
     }
@@ -299,6 +448,249 @@ class AgentService:
             target,
             '/kata_py.agent.v1.AgentService/DestroySandbox',
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.DestroySandboxRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/CreateContainer',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/StartContainer',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/WaitProcess',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.WaitProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/SignalProcess',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.SignalProcessRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteStdin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/WriteStdin',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.WriteStreamRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.WriteStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseStdin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/CloseStdin',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadStdout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/ReadStdout',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadStderr(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/ReadStderr',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/RemoveContainer',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,269 @@
+"""Containers inside the guest: spawning the launcher, the create/start
+handshake, stdio, signals and exit status.
+
+The agent is multi-threaded (gRPC), so it never forks to do namespace work:
+it posix_spawn()s `python3 -m kata_py.agent.launcher` (fork+exec in one
+call) with the launch description on a pipe and these fds, as
+agent/launch_config.py defines them:
+
+    0/1/2  the container's stdin/stdout/stderr (pipes owned by the agent)
+    3      sync: the launcher's JSON lines ({"pid"}, {"created"}, {"error"})
+    4      start: one byte lets the container execve (runc's exec fifo)
+    5      config: the launch description, read until EOF
+
+The launcher's own exit status is the container's; the reaper
+(agent/reaper.py) is the only one who waits for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kata_py.agent import launch_config
+from kata_py.agent.errors import AgentError, FailedPrecondition, InvalidArgument, NotFound
+from kata_py.agent.reaper import Exit, Reaper
+
+log = logging.getLogger(__name__)
+
+SYNC_FD, START_FD, CONFIG_FD = 3, 4, 5
+CREATE_TIMEOUT_S = 60.0
+KILL_WAIT_S = 5.0
+STREAM_BUFFER_MAX = 1 << 20     # a slow reader pauses the container's writes beyond this
+READ_CHUNK = 64 * 1024
+HIGH_FD = 10                    # parent-side copies live above the child's targets
+
+
+class Stream:
+    """One output stream of a container: a pipe drained by a thread into a
+    bounded buffer that ReadStdout/ReadStderr take from."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+        self.buffer = bytearray()
+        self.eof = False
+        self.cond = threading.Condition()
+        threading.Thread(target=self._drain, name=name, daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            with self.cond:
+                while len(self.buffer) >= STREAM_BUFFER_MAX:
+                    self.cond.wait()
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except OSError:
+                data = b""
+            with self.cond:
+                if data:
+                    self.buffer += data
+                else:
+                    self.eof = True
+                self.cond.notify_all()
+            if not data:
+                os.close(self.fd)
+                return
+
+    def read(self, max_bytes: int, timeout_s: float | None) -> bytes | None:
+        """Up to max_bytes; b"" at end of stream, None if nothing came by the timeout."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.buffer or self.eof, timeout_s):
+                return None
+            data = bytes(self.buffer[:max_bytes])
+            del self.buffer[:max_bytes]
+            self.cond.notify_all()
+            return data
+
+
+@dataclass
+class Container:
+    id: str
+    pid: int
+    launcher: Exit
+    stdin: int | None
+    stdout: Stream
+    stderr: Stream
+    sync: int
+    start: int | None
+    started: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    return r, w
+
+
+def _high(fd: int) -> int:
+    """A close-on-exec copy of fd at or above HIGH_FD; closes the original."""
+    copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+    os.close(fd)
+    return copy
+
+
+def _read_sync(fd: int, deadline: float) -> dict[str, object] | None:
+    """The next JSON line from the launcher, or None at EOF."""
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AgentError("the container launcher did not answer in time")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            return None if not line else json.loads(line)
+        line += chunk
+    parsed = json.loads(line)
+    if not isinstance(parsed, dict):
+        raise AgentError(f"internal error: launcher sent {parsed!r}")
+    return parsed
+
+
+class ContainerManager:
+    def __init__(self, reaper: Reaper) -> None:
+        self.reaper = reaper
+        self.containers: dict[str, Container] = {}
+        self.lock = threading.Lock()
+
+    def get(self, container_id: str) -> Container:
+        with self.lock:
+            c = self.containers.get(container_id)
+        if c is None:
+            raise NotFound(f"container {container_id} does not exist in the sandbox")
+        return c
+
+    def create(self, container_id: str, config_json: bytes) -> int:
+        try:
+            config = launch_config.from_json(config_json)
+        except launch_config.LaunchConfigError as exc:
+            raise InvalidArgument(f"launch description: {exc}") from exc
+        config = dataclasses.replace(config, fds=dataclasses.replace(
+            config.fds, sync=SYNC_FD, start=START_FD, stdin=0, stdout=1, stderr=2))
+        with self.lock:
+            if container_id in self.containers:
+                raise FailedPrecondition(f"container {container_id} already exists")
+        pipes = {name: _pipe() for name in ("stdin", "stdout", "stderr", "sync", "start",
+                                            "config")}
+        # Child side: stdin read end, stdout/stderr write ends, sync write end,
+        # start read end, config read end; the agent keeps the other ends.
+        child = {0: pipes["stdin"][0], 1: pipes["stdout"][1], 2: pipes["stderr"][1],
+                 SYNC_FD: pipes["sync"][1], START_FD: pipes["start"][0],
+                 CONFIG_FD: pipes["config"][0]}
+        child = {target: _high(fd) for target, fd in child.items()}
+        argv = [sys.executable, "-m", "kata_py.agent.launcher", "--config-fd", str(CONFIG_FD)]
+        try:
+            pid = os.posix_spawn(
+                sys.executable, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
+                              for target, fd in child.items()],
+                setsid=True)
+        finally:
+            for fd in child.values():
+                os.close(fd)
+        launcher = self.reaper.watch(pid)
+        with os.fdopen(pipes["config"][1], "wb") as f:
+            f.write(launch_config.to_json(config).encode())
+        sync = pipes["sync"][0]
+        try:
+            container_pid = self._await_created(sync, launcher)
+        except BaseException:
+            os.close(sync)
+            for fd in (pipes["stdin"][1], pipes["stdout"][0], pipes["stderr"][0],
+                       pipes["start"][1]):
+                os.close(fd)
+            raise
+        c = Container(container_id, container_pid, launcher, pipes["stdin"][1],
+                      Stream(pipes["stdout"][0], f"{container_id}-stdout"),
+                      Stream(pipes["stderr"][0], f"{container_id}-stderr"),
+                      sync, pipes["start"][1])
+        with self.lock:
+            self.containers[container_id] = c
+        log.info("container %s created, pid %d", container_id, container_pid)
+        return container_pid
+
+    @staticmethod
+    def _await_created(sync: int, launcher: Exit) -> int:
+        deadline = time.monotonic() + CREATE_TIMEOUT_S
+        pid = 0
+        while True:
+            msg = _read_sync(sync, deadline)
+            if msg is None:
+                code = launcher.wait(5)
+                raise AgentError(f"the container launcher exited ({code}) before the "
+                                 "container was created")
+            if "error" in msg:
+                raise FailedPrecondition(str(msg["error"]))
+            if "pid" in msg:
+                pid = int(str(msg["pid"]))
+            if "created" in msg:
+                return pid or int(str(msg["created"]))
+
+    def start(self, container_id: str) -> None:
+        c = self.get(container_id)
+        with c.lock:
+            if c.started or c.start is None:
+                raise FailedPrecondition(f"container {container_id} was already started")
+            os.write(c.start, b"\0")
+            os.close(c.start)
+            c.start = None
+            c.started = True
+            msg = _read_sync(c.sync, time.monotonic() + CREATE_TIMEOUT_S)
+            os.close(c.sync)
+        if msg is not None and "error" in msg:
+            raise FailedPrecondition(str(msg["error"]))
+
+    def wait(self, container_id: str, timeout_s: float | None) -> int | None:
+        return self.get(container_id).launcher.wait(timeout_s)
+
+    def signal(self, container_id: str, signum: int, all_processes: bool) -> None:
+        c = self.get(container_id)
+        if c.launcher.code is not None:
+            raise FailedPrecondition(f"container {container_id} is not running")
+        # all: the container's init holds every other process in its pid
+        # namespace, so SIGKILL to it ends them all; otherwise signal init.
+        os.kill(c.pid, signum)
+
+    def write_stdin(self, container_id: str, data: bytes) -> int:
+        c = self.get(container_id)
+        if c.stdin is None:
+            raise FailedPrecondition(f"stdin of container {container_id} is closed")
+        try:
+            return os.write(c.stdin, data)
+        except BrokenPipeError as exc:
+            raise FailedPrecondition(f"container {container_id} no longer reads stdin") from exc
+
+    def close_stdin(self, container_id: str) -> None:
+        c = self.get(container_id)
+        with c.lock:
+            if c.stdin is not None:
+                os.close(c.stdin)
+                c.stdin = None
+
+    def remove(self, container_id: str) -> None:
+        c = self.get(container_id)
+        if c.launcher.code is None:
+            try:
+                os.kill(c.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if c.start is not None:      # never started: EOF makes the launcher exit
+                os.close(c.start)
+                c.start = None
+            if c.launcher.wait(KILL_WAIT_S) is None:
+                raise AgentError(f"container {container_id} did not die after SIGKILL")
+        self.close_stdin(container_id)
+        with c.lock:
+            if not c.started:
+                os.close(c.sync)
+                c.started = True
+        with self.lock:
+            self.containers.pop(container_id, None)

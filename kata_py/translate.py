@@ -1,0 +1,150 @@
+"""The one translation from the host's typed spec (kata_py.spec) to what
+the guest needs: the launch description (kata_py.agent.launch_config) the
+agent hands its launcher, plus the host paths the sandbox must expose to
+the guest through the virtio-fs share.
+
+Host paths become guest paths below the share (GUEST_SHARE/<cid>/…): the
+rootfs at <cid>/rootfs, each bind-mount source at <cid>/mounts/<n>-<name>.
+Kernel filesystems (proc, sysfs, tmpfs, devpts, mqueue, cgroup2) are made by
+the guest kernel and pass through unchanged.
+
+Namespaces: a network namespace given by *path* is the host's (made by
+netavark/CNI); the VM's network mirrors it, so the container uses the
+guest's network and no namespace is joined in the guest. Joining any other
+namespace by host path, and user namespaces, are not supported yet and are
+refused with the config.json path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kata_py.agent import launch_config as lc
+from kata_py.errors import ConfigError
+from kata_py.spec import Spec
+from kata_py.spec_linux import Resources, Seccomp
+
+GUEST_SHARE = "/run/kata-py/shared"       # kata_py.agent.shared.SHARED_DIR
+GUEST_CGROUP_PARENT = "kata-py"           # below the guest's /sys/fs/cgroup
+KERNEL_FS_TYPES = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup",
+                             "cgroup2", "devtmpfs", "securityfs", "debugfs"})
+
+
+@dataclass(frozen=True)
+class HostShare:
+    """A host path the sandbox bind-mounts into its share before create."""
+
+    source: Path
+    target: str        # relative to the sandbox's shared directory
+    readonly: bool
+
+
+def _is_bind(mount: Any) -> bool:
+    return mount.type == "bind" or "bind" in mount.options or "rbind" in mount.options
+
+
+def _mounts(spec: Spec, cid: str) -> tuple[tuple[lc.Mount, ...], list[HostShare]]:
+    mounts: list[lc.Mount] = []
+    shares: list[HostShare] = []
+    for index, m in enumerate(spec.mounts):
+        if _is_bind(m):
+            if not m.source.startswith("/"):
+                raise ConfigError(f"config.json: mounts[{index}].source {m.source!r} must be "
+                                  "an absolute host path for a bind mount",
+                                  "use an absolute path")
+            name = Path(m.source).name or "root"
+            target = f"{cid}/mounts/{index}-{name}"
+            shares.append(HostShare(Path(m.source), target, "ro" in m.options))
+            mounts.append(lc.Mount(m.destination, "bind", f"{GUEST_SHARE}/{target}",
+                                   m.options))
+        elif m.type in KERNEL_FS_TYPES or not m.type:
+            mounts.append(lc.Mount(m.destination, m.type, m.source, m.options))
+        else:
+            raise ConfigError(f"config.json: mounts[{index}] of type {m.type!r} is not "
+                              "supported by kata-py", "use a bind mount of a host directory")
+    return tuple(mounts), shares
+
+
+def _namespaces(spec: Spec) -> tuple[lc.Namespace, ...]:
+    out = []
+    for index, ns in enumerate(spec.linux.namespaces if spec.linux else ()):
+        where = f"config.json: linux.namespaces[{index}]"
+        if ns.type == "user":
+            raise ConfigError(f"{where}: user namespaces are not supported by kata-py yet",
+                              "remove it; the VM is the isolation boundary")
+        if ns.path:
+            if ns.type == "network":
+                continue  # the guest's network mirrors this host namespace
+            raise ConfigError(f"{where}: joining the {ns.type} namespace at {ns.path} is not "
+                              "supported by kata-py yet", "let kata-py create it")
+        out.append(lc.Namespace(ns.type))
+    return tuple(out)
+
+
+def _cgroup(cid: str, resources: Resources | None) -> lc.Cgroup:
+    r = resources or Resources()
+    mem, cpu, pids = r.memory, r.cpu, r.pids
+    return lc.Cgroup(path=f"{GUEST_CGROUP_PARENT}/{cid}", resources=lc.Resources(
+        memory_limit=mem.limit if mem else None,
+        memory_reservation=mem.reservation if mem else None,
+        memory_swap=mem.swap if mem else None,
+        cpu_shares=cpu.shares if cpu else None,
+        cpu_quota=cpu.quota if cpu else None,
+        cpu_period=cpu.period if cpu else None,
+        cpuset_cpus=cpu.cpus if cpu else "",
+        cpuset_mems=cpu.mems if cpu else "",
+        pids_limit=pids.limit if pids else None))
+
+
+def _seccomp(seccomp: Seccomp | None) -> dict[str, Any] | None:
+    """The fields of kata_py.agent.seccomp.SeccompProfile, as JSON-able values."""
+    if seccomp is None:
+        return None
+    return {
+        "default_action": seccomp.default_action,
+        "default_errno_ret": seccomp.default_errno_ret,
+        "architectures": list(seccomp.architectures),
+        "flags": list(seccomp.flags),
+        "syscalls": [{"names": list(s.names), "action": s.action, "errno_ret": s.errno_ret,
+                      "args": [dataclasses.asdict(a) for a in s.args]}
+                     for s in seccomp.syscalls],
+    }
+
+
+def _process(spec: Spec) -> lc.Process:
+    p = spec.process
+    caps = p.capabilities
+    return lc.Process(
+        args=p.args, env=p.env, cwd=p.cwd, uid=p.user.uid, gid=p.user.gid,
+        additional_gids=p.user.additional_gids, umask=p.user.umask,
+        capabilities=lc.Capabilities(caps.bounding, caps.effective, caps.inheritable,
+                                     caps.permitted, caps.ambient) if caps else None,
+        rlimits=tuple(lc.Rlimit(r.type, r.soft, r.hard) for r in p.rlimits),
+        no_new_privileges=p.no_new_privileges, oom_score_adj=p.oom_score_adj,
+        terminal=p.terminal)
+
+
+def to_launch_config(spec: Spec, container_id: str) -> tuple[lc.LaunchConfig, list[HostShare]]:
+    """The launch description for container_id, and what to share for it."""
+    mounts, shares = _mounts(spec, container_id)
+    linux = spec.linux
+    rootfs = HostShare(spec.root.path, f"{container_id}/rootfs", readonly=False)
+    config = lc.LaunchConfig(
+        container_id=container_id, rootfs=f"{GUEST_SHARE}/{rootfs.target}",
+        process=_process(spec), fds=lc.Fds(sync=3, start=4),   # the agent sets the fds
+        readonly_rootfs=spec.root.readonly, hostname=spec.hostname,
+        domainname=spec.domainname, namespaces=_namespaces(spec), mounts=mounts,
+        rootfs_propagation=linux.rootfs_propagation if linux else "",
+        masked_paths=linux.masked_paths if linux else (),
+        readonly_paths=linux.readonly_paths if linux else (),
+        devices=tuple(lc.Device(d.path, d.type, d.major or 0, d.minor or 0,
+                                d.file_mode if d.file_mode is not None else 0o666,
+                                d.uid or 0, d.gid or 0)
+                      for d in (linux.devices if linux else ())),
+        sysctl=dict(linux.sysctl) if linux else {},
+        seccomp=_seccomp(linux.seccomp if linux else None),
+        cgroup=_cgroup(container_id, linux.resources if linux else None))
+    return config, [rootfs, *shares]

@@ -1,0 +1,118 @@
+"""Containers in a real sandbox: the agent spawns the launcher in the guest,
+which builds namespaces in a busybox rootfs shared from the host over
+virtio-fs; output, stdin, exit codes and signals travel over vsock."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kata_py.agent import launch_config as lc
+from kata_py.agent_client import AgentClient
+from kata_py.config import RuntimeConfig
+from kata_py.errors import AgentError
+from kata_py.sandbox import Sandbox
+
+from .conftest import leftovers
+
+pytestmark = pytest.mark.vm
+
+GUEST_SHARE = "/run/kata-py/shared"
+APPLETS = ("sh", "echo", "cat", "hostname", "sleep", "id", "ls", "true")
+
+
+@pytest.fixture(scope="module")
+def sandbox(runtime_config: RuntimeConfig) -> Iterator[Sandbox]:
+    sb = Sandbox("containers", runtime_config)
+    sb.start()
+    yield sb
+    sb.stop()
+    assert not sb.dir.exists() and leftovers(str(sb.dir)) == []
+
+
+def _rootfs(sb: Sandbox, cid: str) -> str:
+    root = sb.shared_dir / cid / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    for d in ("proc", "dev", "tmp", "etc"):
+        (root / d).mkdir()
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in APPLETS:
+        os.symlink("busybox", root / "bin" / applet)
+    return f"{GUEST_SHARE}/{cid}/rootfs"
+
+
+def _create(sb: Sandbox, cid: str, *args: str) -> AgentClient:
+    config = lc.LaunchConfig(
+        container_id=cid, rootfs=_rootfs(sb, cid),
+        process=lc.Process(args=args, env=("PATH=/bin", "HOME=/"), cwd="/"),
+        fds=lc.Fds(sync=3, start=4), hostname="kp-test",
+        namespaces=tuple(lc.Namespace(t) for t in ("pid", "mount", "uts", "ipc")),
+        mounts=(lc.Mount("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),))
+    assert sb.agent is not None
+    pid = sb.agent.create_container(cid, lc.to_json(config).encode())
+    assert pid > 1
+    return sb.agent
+
+
+def _drain(agent: AgentClient, cid: str, stream: str) -> bytes:
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        chunk = agent.read_output(cid, stream, timeout_s=10)
+        if chunk == b"":
+            return out
+        out += chunk or b""
+    raise AssertionError(f"{stream} of {cid} did not end: {out!r}")
+
+
+def test_container_output_exit_code_and_namespaces(sandbox: Sandbox) -> None:
+    agent = _create(sandbox, "c-out", "sh", "-c",
+                    "echo hi; echo err >&2; hostname; echo pid=$$; ls /; exit 3")
+    agent.start_container("c-out")
+    stdout = _drain(agent, "c-out", "stdout").decode()
+    assert _drain(agent, "c-out", "stderr") == b"err\n"
+    assert agent.wait_process("c-out", timeout_s=30) == 3
+    lines = stdout.split()
+    assert lines[:3] == ["hi", "kp-test", "pid=1"]
+    assert "bin" in lines and "proc" in lines and "run" not in lines  # the container's root
+    agent.remove_container("c-out")
+
+
+def test_stdin_reaches_the_process(sandbox: Sandbox) -> None:
+    agent = _create(sandbox, "c-in", "cat")
+    agent.start_container("c-in")
+    assert agent.write_stdin("c-in", b"through vsock\n") == 14
+    agent.close_stdin("c-in")
+    assert _drain(agent, "c-in", "stdout") == b"through vsock\n"
+    assert agent.wait_process("c-in", timeout_s=30) == 0
+    agent.remove_container("c-in")
+
+
+def test_sigkill_gives_137(sandbox: Sandbox) -> None:
+    agent = _create(sandbox, "c-kill", "sleep", "600")
+    agent.start_container("c-kill")
+    assert agent.wait_process("c-kill", timeout_s=1) is None
+    agent.signal_process("c-kill", signal.SIGKILL)
+    assert agent.wait_process("c-kill", timeout_s=30) == 137
+    agent.remove_container("c-kill")
+
+
+def test_container_removed_before_start_never_runs(sandbox: Sandbox) -> None:
+    agent = _create(sandbox, "c-never", "sh", "-c", "echo ran > /tmp/ran")
+    agent.remove_container("c-never")
+    assert not (sandbox.shared_dir / "c-never" / "rootfs" / "tmp" / "ran").exists()
+    with pytest.raises(Exception, match="does not exist"):
+        agent.start_container("c-never")
+
+
+def test_missing_binary_fails_the_start_with_the_reason(sandbox: Sandbox) -> None:
+    agent = _create(sandbox, "c-nobin", "/bin/nope")
+    with pytest.raises(AgentError, match="nope"):
+        agent.start_container("c-nobin")
+    assert agent.wait_process("c-nobin", timeout_s=30) == 127
+    agent.remove_container("c-nobin")

@@ -1,0 +1,95 @@
+"""Host spec → guest launch description and the host paths to share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kata_py.agent import launch_config as lc
+from kata_py.agent import launcher, seccomp
+from kata_py.errors import ConfigError
+from kata_py.spec import Spec, parse_spec
+from kata_py.spec_default import default_spec
+from kata_py.translate import GUEST_SHARE, to_launch_config
+
+FIXTURE = Path(__file__).parent / "fixtures" / "spec" / "podman.json"
+
+
+def _spec(tmp_path: Path, data: dict[str, Any]) -> Spec:
+    (tmp_path / "rootfs").mkdir(exist_ok=True)
+    data["root"]["path"] = "rootfs"
+    return parse_spec(data, tmp_path)
+
+
+def _podman(tmp_path: Path) -> Spec:
+    return _spec(tmp_path, json.loads(FIXTURE.read_text()))
+
+
+def test_default_spec_becomes_a_launch_description_that_round_trips(tmp_path: Path) -> None:
+    config, shares = to_launch_config(_spec(tmp_path, default_spec()), "c1")
+    assert config.rootfs == f"{GUEST_SHARE}/c1/rootfs"
+    assert shares[0].source == tmp_path / "rootfs" and shares[0].target == "c1/rootfs"
+    assert {ns.type for ns in config.namespaces} >= {"pid", "network", "ipc", "uts", "mount"}
+    assert config.process.args == ("sh",) and config.process.terminal
+    assert "/proc/kcore" in config.masked_paths
+    assert config.cgroup is not None and config.cgroup.path == "kata-py/c1"
+    assert lc.from_json(lc.to_json(config)) == config
+
+
+def test_podman_binds_are_shared_and_rewritten(tmp_path: Path) -> None:
+    config, shares = to_launch_config(_podman(tmp_path), "c2")
+    binds = {m.destination: m for m in config.mounts if m.type == "bind"}
+    assert set(binds) >= {"/etc/hosts", "/etc/resolv.conf", "/data"}
+    data = binds["/data"]
+    assert data.source.startswith(f"{GUEST_SHARE}/c2/mounts/") and data.source.endswith("-data")
+    share = next(s for s in shares if s.source == Path("/srv/data"))
+    assert f"{GUEST_SHARE}/{share.target}" == data.source
+    kernel = {m.destination: m.type for m in config.mounts if m.type != "bind"}
+    assert kernel["/proc"] == "proc" and kernel["/dev/pts"] == "devpts"
+
+
+def test_host_network_namespace_path_is_not_joined_in_the_guest(tmp_path: Path) -> None:
+    config, _ = to_launch_config(_podman(tmp_path), "c3")
+    assert "network" not in {ns.type for ns in config.namespaces}
+    assert all(ns.path == "" for ns in config.namespaces)
+
+
+def test_seccomp_profile_reaches_the_guest_compiler(tmp_path: Path) -> None:
+    config, _ = to_launch_config(_podman(tmp_path), "c4")
+    assert config.seccomp is not None
+    profile = launcher.seccomp_profile(seccomp, lc.from_json(lc.to_json(config)).seccomp or {})
+    assert len(seccomp.compile_filter(profile)) > 0
+
+
+def test_resources_become_the_guest_cgroup(tmp_path: Path) -> None:
+    data = default_spec()
+    data["linux"]["resources"] = {"memory": {"limit": 64 << 20}, "pids": {"limit": 20},
+                                  "cpu": {"quota": 50000, "period": 100000}}
+    config, _ = to_launch_config(_spec(tmp_path, data), "c5")
+    assert config.cgroup is not None
+    r = config.cgroup.resources
+    assert (r.memory_limit, r.pids_limit, r.cpu_quota, r.cpu_period) == (64 << 20, 20, 50000,
+                                                                          100000)
+
+
+@pytest.mark.parametrize("namespaces,message", [
+    ([{"type": "user"}], "user namespaces are not supported"),
+    ([{"type": "ipc", "path": "/proc/1/ns/ipc"}], "joining the ipc namespace at /proc/1/ns/ipc"),
+])
+def test_namespaces_kata_py_cannot_honour_are_refused(tmp_path: Path, namespaces: Any,
+                                                      message: str) -> None:
+    data = default_spec()
+    data["linux"]["namespaces"] = namespaces
+    with pytest.raises(ConfigError, match=message):
+        to_launch_config(_spec(tmp_path, data), "c6")
+
+
+def test_relative_bind_source_is_refused(tmp_path: Path) -> None:
+    data = default_spec()
+    data["mounts"].append({"destination": "/x", "type": "bind", "source": "rel",
+                           "options": ["rbind"]})
+    with pytest.raises(ConfigError, match=r"mounts\[\d+\].source 'rel' must be an absolute"):
+        to_launch_config(_spec(tmp_path, data), "c7")
