@@ -100,7 +100,9 @@ def _write(path: Path, value: str) -> None:
 
 
 def _enable_controllers(root: Path, target: Path, wanted: set[str]) -> None:
-    """Enable `wanted` controllers in subtree_control of every ancestor of `target`."""
+    """Create every level down to `target`, enabling `wanted` controllers in each
+    ancestor's subtree_control on the way (a child only gets what its parent
+    delegates)."""
     current = root
     for part in target.relative_to(root).parts:
         available = set((current / "cgroup.controllers").read_text().split())
@@ -109,6 +111,7 @@ def _enable_controllers(root: Path, target: Path, wanted: set[str]) -> None:
         if missing:
             _write(current / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
         current = current / part
+        current.mkdir(exist_ok=True)
 
 
 def create(cg: Cgroup) -> Path:

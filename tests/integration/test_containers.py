@@ -46,8 +46,8 @@ def _rootfs(sb: Sandbox, cid: str) -> str:
     return f"{GUEST_SHARE}/{cid}/rootfs"
 
 
-def _create(sb: Sandbox, cid: str, *args: str) -> AgentClient:
-    config = lc.LaunchConfig(
+def _create(sb: Sandbox, cid: str, *args: str, cgroup: lc.Cgroup | None = None) -> AgentClient:
+    config = lc.LaunchConfig(cgroup=cgroup,
         container_id=cid, rootfs=_rootfs(sb, cid),
         process=lc.Process(args=args, env=("PATH=/bin", "HOME=/"), cwd="/"),
         fds=lc.Fds(sync=3, start=4), hostname="kp-test",
@@ -116,3 +116,19 @@ def test_missing_binary_fails_the_start_with_the_reason(sandbox: Sandbox) -> Non
         agent.start_container("c-nobin")
     assert agent.wait_process("c-nobin", timeout_s=30) == 127
     agent.remove_container("c-nobin")
+
+
+def test_guest_cgroup_limits_apply(sandbox: Sandbox) -> None:
+    # pids.max 4 (the launcher's supervisor and sh count): the 6 background
+    # sleeps cannot all fork, and busybox sh gives up with "can't fork".
+    cgroup = lc.Cgroup("kata-py/c-cg", lc.Resources(pids_limit=4, memory_limit=64 << 20))
+    agent = _create(sandbox, "c-cg", "sh", "-c",
+                    "cat /proc/self/cgroup; for i in 1 2 3 4 5 6; do sleep 5 & done; "
+                    "echo survived", cgroup=cgroup)
+    agent.start_container("c-cg")
+    out = _drain(agent, "c-cg", "stdout").decode().split()
+    stderr = _drain(agent, "c-cg", "stderr").decode()
+    code = agent.wait_process("c-cg", timeout_s=30)
+    agent.remove_container("c-cg")
+    assert out == ["0::/kata-py/c-cg"]
+    assert code != 0 and "fork" in stderr
