@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,11 +21,18 @@ from kata_py.errors import KataError
 log = logging.getLogger("kata_py")
 
 
+DEFAULT_ROOT = "/run/kata-py"
+
+
 class Context:
     def __init__(self, root: str | None, config: str | None, debug: bool) -> None:
         self.root = root
         self.config_path = config
         self.debug = debug
+
+    @property
+    def root_dir(self) -> Path:
+        return Path(self.root or DEFAULT_ROOT)
 
     def config(self) -> Any:
         from dataclasses import replace
@@ -110,6 +118,130 @@ def features() -> None:
     click.echo(json.dumps(document(), indent=4))
 
 
+@cli.command()
+@click.option("--bundle", "-b", default=".", help="path to the OCI bundle")
+@click.option("--pid-file", default=None, help="write the shim's pid here")
+@click.option("--console-socket", default=None, help="(not supported yet)")
+@click.option("--no-pivot", is_flag=True, hidden=True)
+@click.option("--no-new-keyring", is_flag=True, hidden=True)
+@click.option("--preserve-fds", default=0, type=int, hidden=True)
+@click.argument("container_id")
+@click.pass_obj
+def create(obj: Context, bundle: str, pid_file: str | None, console_socket: str | None,
+           no_pivot: bool, no_new_keyring: bool, preserve_fds: int, container_id: str) -> None:
+    """Create a container: boot its VM, build it, leave its process waiting."""
+    from kata_py import runtime
+
+    _refuse_unsupported(console_socket, preserve_fds)
+    runtime.create(obj.root_dir, container_id, Path(bundle),
+                   Path(pid_file) if pid_file else None, obj.config_path, obj.debug)
+
+
+def _refuse_unsupported(console_socket: str | None, preserve_fds: int) -> None:
+    if console_socket:
+        raise KataError("--console-socket is not supported by kata-py yet",
+                        "run without a terminal (process.terminal = false)")
+    if preserve_fds:
+        raise KataError("--preserve-fds is not supported by kata-py yet", "drop the flag")
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_obj
+def start(obj: Context, container_id: str) -> None:
+    """Start a created container's process."""
+    from kata_py import runtime
+
+    runtime.start(obj.root_dir, container_id, obj.config_path)
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_obj
+def state(obj: Context, container_id: str) -> None:
+    """Print the container's OCI state as JSON."""
+    import json
+
+    from kata_py.state import StateStore
+
+    st = StateStore(obj.root_dir / "containers").load(container_id)
+    click.echo(json.dumps(st.oci(), indent=2))
+
+
+@cli.command()
+@click.option("--all", "-a", "all_processes", is_flag=True,
+              help="signal every process of the container")
+@click.argument("container_id")
+@click.argument("signal", default="TERM")
+@click.pass_obj
+def kill(obj: Context, all_processes: bool, container_id: str, signal: str) -> None:
+    """Send a signal (name or number, default TERM) to the container."""
+    from kata_py import runtime
+    from kata_py.signals import parse_signal
+
+    runtime.kill(obj.root_dir, container_id, parse_signal(signal), all_processes,
+                 obj.config_path)
+
+
+@cli.command()
+@click.option("--force", "-f", is_flag=True, help="kill a running container first")
+@click.argument("container_id")
+@click.pass_obj
+def delete(obj: Context, force: bool, container_id: str) -> None:
+    """Delete a container and its VM."""
+    from kata_py import runtime
+
+    runtime.delete(obj.root_dir, container_id, force, obj.config_path)
+
+
+@cli.command()
+@click.option("--bundle", "-b", default=".", help="path to the OCI bundle")
+@click.option("--pid-file", default=None)
+@click.option("--detach", "-d", is_flag=True, help="do not wait for the container")
+@click.option("--keep", is_flag=True, help="do not delete the container after it exits")
+@click.option("--console-socket", default=None, hidden=True)
+@click.option("--no-pivot", is_flag=True, hidden=True)
+@click.option("--no-new-keyring", is_flag=True, hidden=True)
+@click.option("--preserve-fds", default=0, type=int, hidden=True)
+@click.argument("container_id")
+@click.pass_obj
+def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: bool,
+        console_socket: str | None, no_pivot: bool, no_new_keyring: bool, preserve_fds: int,
+        container_id: str) -> None:
+    """Create and start a container; exit with its exit code."""
+    from kata_py import runtime
+
+    _refuse_unsupported(console_socket, preserve_fds)
+    code = runtime.run(obj.root_dir, container_id, Path(bundle),
+                       Path(pid_file) if pid_file else None, detach, keep, obj.config_path,
+                       obj.debug)
+    sys.exit(code)
+
+
+@cli.command(name="list")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--quiet", "-q", is_flag=True, help="only ids")
+@click.pass_obj
+def list_(obj: Context, fmt: str, quiet: bool) -> None:
+    """List containers."""
+    import json
+
+    from kata_py.state import StateStore
+
+    states = StateStore(obj.root_dir / "containers").list()
+    if quiet:
+        for st in states:
+            click.echo(st.id)
+    elif fmt == "json":
+        click.echo(json.dumps([st.oci() for st in states]))
+    else:
+        click.echo(f"{'ID':<20} {'PID':<8} {'STATUS':<10} {'BUNDLE':<40} CREATED")
+        for st in states:
+            oci = st.oci()
+            click.echo(f"{st.id:<20} {oci['pid']:<8} {st.status:<10} {st.bundle:<40} "
+                       f"{st.created}")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:
@@ -117,6 +249,8 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("kata-py: aborted", err=True)
         sys.exit(130)
+    except SystemExit:
+        raise
     except click.ClickException as exc:
         click.echo(f"kata-py: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)

@@ -3,7 +3,8 @@ start and teardown order.
 
 Start:  state dir → virtiofsd → vsock transport → QEMU → agent answers health.
 Stop:   agent (DestroySandbox) → VM (QMP quit → TERM → KILL) → virtiofsd and
-        vsock backend → state dir.
+        vsock backend → host bind mounts in the share → state dir (never
+        removed while anything below it is still mounted).
 Any failure during start runs the same stop, so a failed start leaves no
 process, socket or directory behind; the error keeps the last console lines
 because the logs go with the state directory.
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kata_py import host_mounts
 from kata_py.agent_client import AgentClient
 from kata_py.config import RuntimeConfig
 from kata_py.errors import ConfigError, ExistsError, HypervisorError, KataError, NotFoundError
@@ -35,6 +37,7 @@ from kata_py.hypervisor.vsock.transport import (
     select_transport,
 )
 from kata_py.image import GuestImage, load_image
+from kata_py.translate import GUEST_SHARE, HostShare
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +209,20 @@ class Sandbox:
             # virtiofsd and the backend exit on their own once QEMU is gone.
             if not daemon.wait(DAEMON_EXIT_WAIT_S):
                 daemon.stop()
+        remaining = host_mounts.unmount_all(self.dir) if self.dir.exists() else []
+        if remaining:
+            # Never rmtree through a bind mount: it would delete the user's files.
+            log.error("sandbox %s: %s still mounted; leaving %s in place", self.id,
+                      ", ".join(map(str, remaining)), self.dir)
+            return
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.exists():
             log.error("sandbox %s: could not remove %s", self.id, self.dir)
+
+    def share(self, item: HostShare) -> str:
+        """Bind-mount a host path into the share; returns its path in the guest."""
+        host_mounts.bind(item.source, self.shared_dir / item.target, item.readonly)
+        return f"{GUEST_SHARE}/{item.target}"
 
     # -- state ---------------------------------------------------------------
 

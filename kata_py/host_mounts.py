@@ -1,0 +1,70 @@
+"""Bind mounts on the host that expose container files to the guest through
+the sandbox's virtio-fs share (rootfs, bind-mount sources).
+
+virtiofsd runs with sandbox=chroot in our mount namespace, so mounts made
+below the shared directory after it started are visible to the guest.
+
+Safety: a sandbox's state directory is only ever removed after every mount
+below it is gone (`mounts_below`), or rmtree would delete the user's files
+through the bind mount.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+from kata_py.errors import ResourceError
+
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MNT_DETACH = 0x2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise ResourceError(f"{what}: {os.strerror(err)}",
+                            "kata-py must run as root on the host")
+
+
+def bind(source: Path, target: Path, readonly: bool = False) -> None:
+    """Recursively bind source (a directory or a file) onto target (created)."""
+    if source.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+    else:
+        if not source.exists():
+            raise ResourceError(f"bind mount source {source} does not exist",
+                                "fix the mount's source in config.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch(exist_ok=True)
+    _check(_libc.mount(str(source).encode(), str(target).encode(), None,
+                       MS_BIND | MS_REC, None), f"bind mount {source} on {target}")
+    if readonly:
+        _check(_libc.mount(None, str(target).encode(), None,
+                           MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC, None),
+               f"read-only remount of {target}")
+
+
+def mounts_below(directory: Path) -> list[Path]:
+    """Mount points at or below directory, deepest first."""
+    prefix = str(directory.resolve())
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == prefix or point.startswith(prefix + "/"):
+            found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_all(directory: Path) -> list[Path]:
+    """Detach every mount below directory; returns the ones that remain."""
+    for point in mounts_below(directory):
+        _libc.umount2(str(point).encode(), MNT_DETACH)
+    return mounts_below(directory)

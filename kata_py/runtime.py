@@ -1,0 +1,199 @@
+"""Container lifecycle verbs (runc semantics) over the state store, the
+shim and the sandbox. The CLI calls one function per verb.
+
+Layout under --root: containers/<id>/ (state.json, shim.log) and vm/<id>/
+(the sandbox). One sandbox VM per container; its id is the container id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kata_py.errors import KataError, StateError
+from kata_py.hypervisor.process import ProcessRef
+from kata_py.state import ContainerState, StateStore, now_rfc3339
+
+log = logging.getLogger(__name__)
+
+CREATE_TIMEOUT_S = 300.0
+SHIM_EXIT_WAIT_S = 10.0
+
+
+def store(root: Path) -> StateStore:
+    return StateStore(root / "containers")
+
+
+def _config(root: Path, config_path: str | None):  # type: ignore[no-untyped-def]
+    from kata_py.config import load_config
+
+    cfg = load_config(config_path)
+    return dataclasses.replace(cfg, state_dir=str(root))
+
+
+def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
+           config_path: str | None, debug: bool = False) -> int:
+    """Create the container; returns the shim's pid once the container waits for start."""
+    from kata_py.spec import load_spec
+    from kata_py.translate import to_launch_config
+
+    bundle = bundle.resolve()
+    spec = load_spec(bundle)                # bad config.json: nothing is created
+    to_launch_config(spec, cid)             # refuses what the guest cannot honour
+    st = store(root)
+    st.create(ContainerState(id=cid, bundle=str(bundle), rootfs=str(spec.root.path),
+                             status="creating", created=now_rfc3339(),
+                             annotations=dict(spec.annotations), sandbox_id=cid))
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "kata_py.shim", "--root", str(root), "--id", cid,
+            "--notify-fd", str(write_fd)]
+    if config_path:
+        argv += ["--config", config_path]
+    if debug:
+        argv.append("--debug")
+    try:
+        shim = subprocess.Popen(argv, pass_fds=(write_fd,), close_fds=True)
+    finally:
+        os.close(write_fd)
+    line = _read_notify(read_fd, CREATE_TIMEOUT_S)
+    if not line.startswith("ok"):
+        if shim.poll() is None:
+            shim.kill()
+        shim.wait()
+        destroy(root, cid, config_path)
+        raise KataError(line[len("error "):] if line.startswith("error ") else
+                        f"container {cid}: the shim died while creating it",
+                        "" if line.startswith("error ") else f"see {root}/containers/{cid}")
+    if pid_file is not None:
+        tmp = pid_file.with_name(f".{pid_file.name}.tmp")
+        tmp.write_text(str(shim.pid))
+        os.replace(tmp, pid_file)
+    # The shim outlives us; the caller's subreaper (conmon) inherits it.
+    shim.returncode = 0  # do not let Popen.__del__ reap or warn about it
+    return shim.pid
+
+
+def _read_notify(fd: int, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    try:
+        while b"\n" not in data and time.monotonic() < deadline:
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def _agent(root: Path, cid: str, config_path: str | None):  # type: ignore[no-untyped-def]
+    from kata_py.sandbox import Sandbox
+
+    sb = Sandbox.load(cid, _config(root, config_path))
+    if sb.agent is None:
+        raise StateError(f"container {cid} has no running sandbox",
+                         f"delete it with `kata-py delete --force {cid}`")
+    return sb.agent
+
+
+def start(root: Path, cid: str, config_path: str | None) -> None:
+    from kata_py.hooks import run_hooks
+    from kata_py.spec import load_spec
+
+    st = store(root)
+    with st.lock(cid):
+        state = st.load(cid)
+        if state.status != "created":
+            raise StateError(f"container {cid} is {state.status}, not created",
+                             "only a created container can be started")
+        _agent(root, cid, config_path).start_container(cid)
+        state = dataclasses.replace(state, status="running")
+        st.save(state)
+    run_hooks("poststart", load_spec(Path(state.bundle)).hooks.poststart, state.oci())
+
+
+def kill(root: Path, cid: str, signum: int, all_processes: bool,
+         config_path: str | None) -> None:
+    state = store(root).load(cid)
+    if state.status not in ("created", "running", "paused"):
+        raise StateError(f"container {cid} is {state.status}",
+                         "only a created or running container can be signalled")
+    _agent(root, cid, config_path).signal_process(cid, signum, all_processes)
+
+
+def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:
+    st = store(root)
+    with st.lock(cid):
+        state = st.load(cid)
+        if state.status in ("running", "paused") and not force:
+            raise StateError(f"container {cid} is {state.status}",
+                             "stop it first, or use `kata-py delete --force`")
+    destroy(root, cid, config_path, run_poststop=True)
+
+
+def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = False) -> None:
+    """Remove everything of container cid that exists: sandbox, shim, state."""
+    from kata_py.sandbox import Sandbox
+
+    st = store(root)
+    cfg = _config(root, config_path)
+    try:
+        state: ContainerState | None = st.load(cid)
+    except KataError:
+        state = None
+    sandbox_dir = Path(cfg.state_dir) / "vm" / cid
+    if sandbox_dir.exists():
+        try:
+            sb = Sandbox.load(cid, cfg)
+        except KataError:
+            sb = Sandbox(cid, cfg)
+        sb.stop()
+    if state is not None and state.pid:
+        shim = ProcessRef(state.pid, state.pid_start_time, "shim")
+        if not shim.wait(SHIM_EXIT_WAIT_S):
+            shim.stop()
+    if run_poststop and state is not None:
+        try:
+            from kata_py.hooks import run_hooks
+            from kata_py.spec import load_spec
+
+            hooks = load_spec(Path(state.bundle)).hooks.poststop
+            run_hooks("poststop", hooks, dataclasses.replace(state, status="stopped").oci())
+        except KataError as exc:
+            log.warning("poststop hooks of %s: %s", cid, exc)
+    if (root / "containers" / cid).exists():
+        st.remove(cid)
+
+
+def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,
+        keep: bool, config_path: str | None, debug: bool = False) -> int:
+    """create + start (+ wait + delete); returns the container's exit status."""
+    shim_pid = create(root, cid, bundle, pid_file, config_path, debug)
+    try:
+        start(root, cid, config_path)
+    except BaseException:
+        destroy(root, cid, config_path)
+        raise
+    if detach:
+        return 0
+    def to_shim(signum: int, frame: object) -> None:
+        os.kill(shim_pid, signum)  # the shim forwards it to the container
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, to_shim)
+    _, status = os.waitpid(shim_pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    code = 128 - code if code < 0 else code
+    if not keep:
+        destroy(root, cid, config_path, run_poststop=True)
+    return code

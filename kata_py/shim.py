@@ -1,0 +1,184 @@
+"""The shim: the pid-file process of one container (what conmon waits on).
+
+`kata-py create` starts it with create's own stdio and waits for one line
+on the notify fd. The shim owns the sandbox: it boots the VM, shares the
+rootfs and bind-mount sources, has the agent build the container, runs the
+createRuntime/prestart hooks, says `ok`, and then:
+
+- relays its stdin to the container and the container's stdout/stderr to
+  its own, separately;
+- forwards the signals it receives to the container;
+- exits with the container's exit status (128+N when killed by signal N).
+
+On any failure before `ok` it tears everything down, writes `error <line>`
+and exits 1. It logs to <root>/containers/<id>/shim.log, never to stdio
+(stdio belongs to the container).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from kata_py.agent_client import AgentClient
+from kata_py.config import load_config
+from kata_py.errors import KataError
+from kata_py.hooks import run_hooks
+from kata_py.hypervisor.process import read_start_time
+from kata_py.sandbox import Sandbox
+from kata_py.spec import load_spec
+from kata_py.state import ContainerState, StateStore
+from kata_py.translate import to_launch_config
+
+log = logging.getLogger("kata_py.shim")
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
+WAIT_SLICE_S = 60.0
+DRAIN_WAIT_S = 10.0
+AGENT_GONE_EXIT = 255
+
+
+def _notify(fd: int, line: str) -> None:
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _pump_out(agent: AgentClient, cid: str, stream: str, fd: int) -> None:
+    while True:
+        try:
+            data = agent.read_output(cid, stream, timeout_s=WAIT_SLICE_S)
+        except KataError:
+            return
+        if data is None:
+            continue
+        if not data:
+            return
+        try:
+            os.write(fd, data)
+        except OSError:
+            return
+
+
+def _pump_in(agent: AgentClient, cid: str) -> None:
+    try:
+        while data := os.read(0, 64 * 1024):
+            agent.write_stdin(cid, data)
+    except (OSError, KataError):
+        pass
+    try:
+        agent.close_stdin(cid)
+    except KataError:
+        pass
+
+
+class Shim:
+    def __init__(self, root: Path, cid: str, config_path: str | None) -> None:
+        self.cid = cid
+        self.cfg = load_config(config_path)
+        self.cfg = self.cfg.__class__(**{**self.cfg.__dict__, "state_dir": str(root)})
+        self.store = StateStore(root / "containers")
+        self.sandbox = Sandbox(cid, self.cfg)
+
+    def setup(self) -> ContainerState:
+        state = self.store.load(self.cid)
+        spec = load_spec(Path(state.bundle))
+        launch, shares = to_launch_config(spec, self.cid)
+        self.sandbox.start()
+        for item in shares:
+            self.sandbox.share(item)
+        assert self.sandbox.agent is not None
+        from kata_py.agent import launch_config
+
+        self.sandbox.agent.create_container(self.cid, launch_config.to_json(launch).encode())
+        me = os.getpid()
+        state = state.__class__(**{**state.__dict__, "status": "created", "pid": me,
+                                   "pid_start_time": read_start_time(me) or 0})
+        oci = state.oci()
+        run_hooks("prestart", spec.hooks.prestart, oci)
+        run_hooks("createRuntime", spec.hooks.create_runtime, oci)
+        self.store.save(state)
+        return state
+
+    def serve(self) -> int:
+        agent = self.sandbox.agent
+        assert agent is not None
+        pumps = [threading.Thread(target=_pump_out, args=(agent, self.cid, s, fd), daemon=True)
+                 for s, fd in (("stdout", 1), ("stderr", 2))]
+        for t in pumps:
+            t.start()
+        threading.Thread(target=_pump_in, args=(agent, self.cid), daemon=True).start()
+
+        def forward(signum: int, frame: FrameType | None) -> None:
+            try:
+                agent.signal_process(self.cid, signum)
+            except KataError as exc:
+                log.info("could not forward signal %d: %s", signum, exc)
+
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, forward)
+        code: int | None = None
+        while code is None:
+            try:
+                code = agent.wait_process(self.cid, WAIT_SLICE_S)
+            except KataError as exc:
+                log.warning("agent gone while waiting for the container: %s", exc)
+                return AGENT_GONE_EXIT
+        for t in pumps:
+            t.join(DRAIN_WAIT_S)
+        with self.store.lock(self.cid):
+            state = self.store.load(self.cid)
+            self.store.save(state.__class__(**{**state.__dict__, "status": "stopped",
+                                               "exit_code": code}))
+        log.info("container %s exited with %d", self.cid, code)
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kata-py shim")
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--notify-fd", required=True, type=int)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    log_path = args.root / "containers" / args.id / "shim.log"
+    logging.basicConfig(filename=log_path, level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    try:
+        shim = Shim(args.root, args.id, args.config)
+        shim.setup()
+    except KataError as exc:
+        log.error("create failed: %s", exc)
+        _teardown_failed_create(args.root, args.id, args.config)
+        _notify(args.notify_fd, f"error {exc}")
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - the one line create prints
+        log.exception("create failed")
+        _teardown_failed_create(args.root, args.id, args.config)
+        _notify(args.notify_fd, f"error internal error: {type(exc).__name__}: {exc}")
+        return 1
+    _notify(args.notify_fd, f"ok {os.getpid()}")
+    return shim.serve()
+
+
+def _teardown_failed_create(root: Path, cid: str, config_path: str | None) -> None:
+    from kata_py import runtime
+
+    try:
+        runtime.destroy(root, cid, config_path)
+    except KataError as exc:
+        log.error("cleanup after the failed create: %s", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

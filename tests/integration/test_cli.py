@@ -1,0 +1,172 @@
+"""The runc-compatible CLI against real micro-VMs: busybox bundles built by
+the tests, every verb through the shim and the agent, and nothing left
+behind afterwards — no process, mount, sandbox or state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kata_py.spec_default import default_spec
+
+from .conftest import leftovers
+
+pytestmark = pytest.mark.vm
+
+APPLETS = ("sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "env", "pwd")
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="kpc-", dir="/tmp"))
+    yield path
+    for cid in (os.listdir(path / "containers") if (path / "containers").exists() else ()):
+        subprocess.run(_argv(path, "delete", "--force", cid), capture_output=True, timeout=120)
+    assert leftovers(str(path)) == []
+    assert not any((path / "vm").iterdir()) if (path / "vm").exists() else True
+    assert not any((path / "containers").iterdir()) if (path / "containers").exists() else True
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Callable[..., Path]:
+    def make(*args: str, **process: Any) -> Path:
+        rootfs = tmp_path / "rootfs"
+        if not rootfs.exists():
+            (rootfs / "bin").mkdir(parents=True)
+            for d in ("proc", "dev", "sys", "tmp", "etc"):
+                (rootfs / d).mkdir()
+            shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+            for applet in APPLETS:
+                os.symlink("busybox", rootfs / "bin" / applet)
+        spec = default_spec()
+        spec["process"].update(terminal=False, args=list(args), **process)
+        spec["hostname"] = "kp"
+        (tmp_path / "config.json").write_text(json.dumps(spec))
+        return tmp_path
+    return make
+
+
+def _argv(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "kata_py.cli", "--root", str(root), *args]
+
+
+def kp(root: Path, *args: str, stdin: bytes = b"", timeout: float = 180
+       ) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI. Output goes to files, not pipes: after `create` the shim
+    keeps the caller's stdio (as a runc container would), so a pipe would
+    not see EOF until the container exits."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(_argv(root, *args), input=stdin, stdout=out, stderr=err,
+                              timeout=timeout, check=False)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+
+def test_run_propagates_output_and_exit_code_3(root: Path, bundle: Callable[..., Path]
+                                               ) -> None:
+    b = bundle("sh", "-c", "echo out; echo err >&2; hostname; exit 3")
+    r = kp(root, "run", "-b", str(b), "r3")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == b"out\nkp\n"
+    assert r.stderr == b"err\n"
+
+
+def test_run_exit_0_and_stdin_reaches_the_process(root: Path, bundle: Callable[..., Path]
+                                                  ) -> None:
+    b = bundle("cat")
+    r = kp(root, "run", "-b", str(b), "r0", stdin=b"piped through the VM\n")
+    assert (r.returncode, r.stdout) == (0, b"piped through the VM\n"), r.stderr
+
+
+def test_sigkill_makes_run_exit_137(root: Path, bundle: Callable[..., Path]) -> None:
+    b = bundle("sleep", "600")
+    proc = subprocess.Popen(_argv(root, "run", "-b", str(b), "r137"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = kp(root, "state", "r137")
+        if state.returncode == 0 and json.loads(state.stdout)["status"] == "running":
+            break
+        time.sleep(0.5)
+    assert kp(root, "kill", "r137", "KILL").returncode == 0
+    assert proc.wait(timeout=120) == 137
+
+
+def test_lifecycle_by_hand(root: Path, bundle: Callable[..., Path], tmp_path: Path) -> None:
+    b = bundle("sleep", "600")
+    pid_file = tmp_path / "pid"
+    r = kp(root, "create", "-b", str(b), "--pid-file", str(pid_file), "lc")
+    assert r.returncode == 0, r.stderr
+    shim_pid = int(pid_file.read_text())
+    state = json.loads(kp(root, "state", "lc").stdout)
+    assert (state["status"], state["pid"], state["bundle"]) == ("created", shim_pid, str(b))
+    assert kp(root, "list", "-q").stdout.split() == [b"lc"]
+    assert kp(root, "start", "lc").returncode == 0
+    assert json.loads(kp(root, "state", "lc").stdout)["status"] == "running"
+    again = kp(root, "start", "lc")
+    assert again.returncode == 1 and b"is running, not created" in again.stderr
+    refused = kp(root, "delete", "lc")
+    assert refused.returncode == 1 and b"use `kata-py delete --force`" in refused.stderr
+    assert kp(root, "kill", "lc", "9").returncode == 0
+    deadline = time.monotonic() + 60
+    while json.loads(kp(root, "state", "lc").stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert kp(root, "delete", "lc").returncode == 0
+    gone = kp(root, "state", "lc")
+    assert gone.returncode == 1
+    assert gone.stderr == b"kata-py: container lc does not exist: check the id with " \
+                          b"`kata-py list`\n"
+
+
+def test_delete_force_removes_a_running_container(root: Path, bundle: Callable[..., Path]
+                                                  ) -> None:
+    b = bundle("sleep", "600")
+    assert kp(root, "run", "-d", "-b", str(b), "df").returncode == 0
+    assert kp(root, "delete", "--force", "df").returncode == 0
+    assert kp(root, "list", "-q").stdout == b""
+
+
+def _one_line_error(r: subprocess.CompletedProcess[bytes], *needles: bytes) -> None:
+    assert r.returncode != 0
+    assert r.stderr.count(b"\n") == 1 and r.stderr.startswith(b"kata-py: "), r.stderr
+    for needle in needles:
+        assert needle in r.stderr, r.stderr
+
+
+def test_bad_bundles_fail_with_one_line_and_leave_nothing(root: Path,
+                                                          bundle: Callable[..., Path]) -> None:
+    b = bundle("true")
+    (b / "config.json").write_text("{ not json")
+    _one_line_error(kp(root, "create", "-b", str(b), "bad1"), b"config.json is not valid JSON")
+    b = bundle("true")
+    shutil.rmtree(b / "rootfs")
+    _one_line_error(kp(root, "create", "-b", str(b), "bad2"), b"root.path", b"does not exist")
+    b = bundle("true")
+    spec = json.loads((b / "config.json").read_text())
+    spec["linux"]["intelRdt"] = {"closID": "x"}
+    (b / "config.json").write_text(json.dumps(spec))
+    _one_line_error(kp(root, "create", "-b", str(b), "bad3"), b"linux.intelRdt is not supported")
+    _one_line_error(kp(root, "start", "nosuch"), b"container nosuch does not exist")
+    _one_line_error(kp(root, "kill", "nosuch"), b"container nosuch does not exist")
+    _one_line_error(kp(root, "delete", "nosuch"), b"container nosuch does not exist")
+    assert kp(root, "list", "-q").stdout == b""
+
+
+def test_duplicate_id_is_refused(root: Path, bundle: Callable[..., Path]) -> None:
+    b = bundle("sleep", "600")
+    assert kp(root, "create", "-b", str(b), "dup").returncode == 0
+    _one_line_error(kp(root, "create", "-b", str(b), "dup"), b"container dup already exists")
+    assert kp(root, "delete", "--force", "dup").returncode == 0
