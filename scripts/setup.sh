@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up kata-py on a fresh Debian 12 (as root) and boot a micro-VM:
-#   apt packages → .venv with kata-py → guest image (cached) → `kata-py check --boot`.
+# Set up kata-py on a fresh Debian 12 (as root) and run a container in a micro-VM:
+#   apt packages → .venv with kata-py → guest image (cached) → `kata-py check`
+#   → `kata-py run` of a busybox bundle, which prints the *guest's* kernel.
 # Every step is skipped when already done. `--no-run` stops before the boot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,11 @@ step "guest image"
 .venv/bin/python guest-image/build.py
 
 if [ "${1:-}" != "--no-run" ]; then
-  step "booting a micro-VM"
-  .venv/bin/kata-py check --boot
+  step "checking the host"
+  .venv/bin/kata-py check
+  bundle=/var/cache/kata-py/demo-bundle
+  .venv/bin/python scripts/make-bundle.py "$bundle" sh -c \
+    'echo "hello from container $(hostname), kernel $(uname -r) (host: '"$(uname -r)"')"'
+  step "running a container in a micro-VM"
+  .venv/bin/kata-py run -b "$bundle" "setup-demo-$$"
 fi
