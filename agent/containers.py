@@ -28,8 +28,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from kata_py.agent import launch_config
+from kata_py.agent import cgroups, launch_config
 from kata_py.agent.errors import AgentError, FailedPrecondition, InvalidArgument, NotFound
 from kata_py.agent.reaper import Exit, Reaper
 
@@ -95,6 +96,7 @@ class Container:
     stderr: Stream
     sync: int
     start: int | None
+    cgroup: Path | None = None
     started: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -184,7 +186,8 @@ class ContainerManager:
         c = Container(container_id, container_pid, launcher, pipes["stdin"][1],
                       Stream(pipes["stdout"][0], f"{container_id}-stdout"),
                       Stream(pipes["stderr"][0], f"{container_id}-stderr"),
-                      sync, pipes["start"][1])
+                      sync, pipes["start"][1],
+                      cgroups.cgroup_dir(config.cgroup) if config.cgroup else None)
         with self.lock:
             self.containers[container_id] = c
         log.info("container %s created, pid %d", container_id, container_pid)
@@ -248,8 +251,38 @@ class ContainerManager:
                 os.close(c.stdin)
                 c.stdin = None
 
+    def _cgroup(self, container_id: str) -> Path:
+        c = self.get(container_id)
+        if c.cgroup is None:
+            raise FailedPrecondition(f"container {container_id} has no cgroup")
+        if c.launcher.code is not None:
+            raise FailedPrecondition(f"container {container_id} is not running")
+        return c.cgroup
+
+    def pause(self, container_id: str) -> None:
+        cgroups.freeze(self._cgroup(container_id))
+
+    def resume(self, container_id: str) -> None:
+        cgroups.thaw(self._cgroup(container_id))
+
+    def processes(self, container_id: str) -> list[tuple[int, list[str]]]:
+        """(pid, argv) of every process in the container's cgroup."""
+        out = []
+        for line in (self._cgroup(container_id) / "cgroup.procs").read_text().split():
+            try:
+                raw = Path(f"/proc/{line}/cmdline").read_bytes()
+            except OSError:
+                continue  # exited meanwhile
+            out.append((int(line), [a.decode(errors="replace") for a in raw.split(b"\0") if a]))
+        return out
+
     def remove(self, container_id: str) -> None:
         c = self.get(container_id)
+        if c.cgroup is not None and c.launcher.code is None:
+            try:
+                cgroups.thaw(c.cgroup)   # a frozen container must die too
+            except OSError:
+                pass
         if c.launcher.code is None:
             try:
                 os.kill(c.pid, signal.SIGKILL)
@@ -265,5 +298,10 @@ class ContainerManager:
             if not c.started:
                 os.close(c.sync)
                 c.started = True
+        if c.cgroup is not None:
+            try:
+                cgroups.remove(c.cgroup)
+            except OSError as exc:
+                log.warning("cgroup of %s not removed: %s", container_id, exc)
         with self.lock:
             self.containers.pop(container_id, None)

@@ -140,6 +140,22 @@ class AgentService(pb_grpc.AgentServiceServicer):
         return _handle(context, "RemoveContainer", _void(
             lambda: self.containers.remove(request.container_id)))
 
+    def PauseContainer(self, request: pb.ContainerRequest,
+                       context: grpc.ServicerContext) -> Any:
+        return _handle(context, "PauseContainer", _void(
+            lambda: self.containers.pause(request.container_id)))
+
+    def ResumeContainer(self, request: pb.ContainerRequest,
+                        context: grpc.ServicerContext) -> Any:
+        return _handle(context, "ResumeContainer", _void(
+            lambda: self.containers.resume(request.container_id)))
+
+    def ListProcesses(self, request: pb.ContainerRequest,
+                      context: grpc.ServicerContext) -> Any:
+        return _handle(context, "ListProcesses", lambda: pb.ListProcessesResponse(
+            processes=[pb.ProcessInfo(pid=pid, args=args)
+                       for pid, args in self.containers.processes(request.container_id)]))
+
     def _read(self, request: pb.ReadStreamRequest, context: grpc.ServicerContext,
               which: str) -> pb.ReadStreamResponse:
         c = self.containers.get(request.container_id)

@@ -65,9 +65,12 @@ class AgentClient:
     def close(self) -> None:
         self.channel.close()
 
-    def _call(self, rpc: str, fn: Callable[[], T]) -> T:
+    def _call(self, rpc: str, method: Callable[..., T], request: object,
+              timeout_s: float = RPC_TIMEOUT_S) -> T:
+        """One unary RPC. wait_for_ready: a short-lived CLI's first call must
+        wait for the channel to connect (within the deadline), not fail fast."""
         try:
-            return fn()
+            return method(request, timeout=timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:
             raise _agent_error(rpc, exc) from exc
 
@@ -97,42 +100,42 @@ class AgentClient:
                          "slow hosts")
 
     def version(self) -> dict[str, str]:
-        r = self._call("Version", lambda: self.health.Version(pb.CheckRequest(),
-                                                              timeout=RPC_TIMEOUT_S))
+        r = self._call("Version", self.health.Version,
+                       pb.CheckRequest())
         return {"agent": r.agent_version, "grpc": r.grpc_version,
                 "protobuf": r.protobuf_version, "python": r.python_version}
 
     def guest_details(self) -> GuestDetails:
-        r = self._call("GetGuestDetails", lambda: self.agent.GetGuestDetails(
-            pb.GuestDetailsRequest(), timeout=RPC_TIMEOUT_S))
+        r = self._call("GetGuestDetails", self.agent.GetGuestDetails,
+                       pb.GuestDetailsRequest())
         return GuestDetails(r.kernel_release, r.mem_total_bytes, r.online_cpus,
                             r.agent_version, r.shared_dir, r.shared_dir_mounted,
                             r.uptime_seconds)
 
     def read_shared_file(self, path: str, max_bytes: int = 0) -> bytes:
-        r = self._call("ReadSharedFile", lambda: self.agent.ReadSharedFile(
-            pb.ReadSharedFileRequest(path=path, max_bytes=max_bytes), timeout=RPC_TIMEOUT_S))
+        r = self._call("ReadSharedFile", self.agent.ReadSharedFile,
+                       pb.ReadSharedFileRequest(path=path, max_bytes=max_bytes))
         return bytes(r.data)
 
     # -- containers -------------------------------------------------------
 
     def create_container(self, container_id: str, launch_config_json: bytes) -> int:
         """Build the container in the guest; its process waits for start. Returns its pid."""
-        r = self._call("CreateContainer", lambda: self.agent.CreateContainer(
-            pb.CreateContainerRequest(container_id=container_id,
-                                      launch_config_json=launch_config_json),
-            timeout=CREATE_TIMEOUT_S))
+        r = self._call("CreateContainer", self.agent.CreateContainer,
+                       pb.CreateContainerRequest(container_id=container_id,
+                                                 launch_config_json=launch_config_json),
+                       CREATE_TIMEOUT_S)
         return int(r.pid)
 
     def start_container(self, container_id: str) -> None:
-        self._call("StartContainer", lambda: self.agent.StartContainer(
-            pb.ContainerRequest(container_id=container_id), timeout=RPC_TIMEOUT_S))
+        self._call("StartContainer", self.agent.StartContainer,
+                   pb.ContainerRequest(container_id=container_id))
 
     def wait_process(self, container_id: str, timeout_s: float) -> int | None:
         """The exit status (128+N for signal N), or None if still running at timeout_s."""
         try:
             r = self.agent.WaitProcess(pb.ContainerRequest(container_id=container_id),
-                                       timeout=timeout_s)
+                                       timeout=timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return None
@@ -140,18 +143,18 @@ class AgentClient:
         return int(r.exit_status)
 
     def signal_process(self, container_id: str, signum: int, all_processes: bool = False) -> None:
-        self._call("SignalProcess", lambda: self.agent.SignalProcess(
-            pb.SignalProcessRequest(container_id=container_id, signal=signum,
-                                    all=all_processes), timeout=RPC_TIMEOUT_S))
+        self._call("SignalProcess", self.agent.SignalProcess,
+                   pb.SignalProcessRequest(container_id=container_id, signal=signum,
+                                    all=all_processes))
 
     def write_stdin(self, container_id: str, data: bytes) -> int:
-        r = self._call("WriteStdin", lambda: self.agent.WriteStdin(
-            pb.WriteStreamRequest(container_id=container_id, data=data), timeout=RPC_TIMEOUT_S))
+        r = self._call("WriteStdin", self.agent.WriteStdin,
+                       pb.WriteStreamRequest(container_id=container_id, data=data))
         return int(r.written)
 
     def close_stdin(self, container_id: str) -> None:
-        self._call("CloseStdin", lambda: self.agent.CloseStdin(
-            pb.ContainerRequest(container_id=container_id), timeout=RPC_TIMEOUT_S))
+        self._call("CloseStdin", self.agent.CloseStdin,
+                   pb.ContainerRequest(container_id=container_id))
 
     def read_output(self, container_id: str, stream: str, timeout_s: float,
                     max_bytes: int = 0) -> bytes | None:
@@ -159,7 +162,7 @@ class AgentClient:
         rpc = self.agent.ReadStdout if stream == "stdout" else self.agent.ReadStderr
         try:
             r = rpc(pb.ReadStreamRequest(container_id=container_id, max_bytes=max_bytes),
-                    timeout=timeout_s)
+                    timeout=timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return None
@@ -167,9 +170,22 @@ class AgentClient:
         return bytes(r.data)
 
     def remove_container(self, container_id: str) -> None:
-        self._call("RemoveContainer", lambda: self.agent.RemoveContainer(
-            pb.ContainerRequest(container_id=container_id), timeout=RPC_TIMEOUT_S))
+        self._call("RemoveContainer", self.agent.RemoveContainer,
+                   pb.ContainerRequest(container_id=container_id))
+
+    def pause_container(self, container_id: str) -> None:
+        self._call("PauseContainer", self.agent.PauseContainer,
+                   pb.ContainerRequest(container_id=container_id))
+
+    def resume_container(self, container_id: str) -> None:
+        self._call("ResumeContainer", self.agent.ResumeContainer,
+                   pb.ContainerRequest(container_id=container_id))
+
+    def list_processes(self, container_id: str) -> list[tuple[int, list[str]]]:
+        r = self._call("ListProcesses", self.agent.ListProcesses,
+                       pb.ContainerRequest(container_id=container_id))
+        return [(int(p.pid), list(p.args)) for p in r.processes]
 
     def destroy_sandbox(self) -> None:
-        self._call("DestroySandbox", lambda: self.agent.DestroySandbox(
-            pb.DestroySandboxRequest(), timeout=DESTROY_TIMEOUT_S))
+        self._call("DestroySandbox", self.agent.DestroySandbox,
+                   pb.DestroySandboxRequest(), DESTROY_TIMEOUT_S)

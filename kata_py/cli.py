@@ -218,6 +218,45 @@ def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: boo
     sys.exit(code)
 
 
+@cli.command()
+@click.argument("container_id")
+@click.pass_obj
+def pause(obj: Context, container_id: str) -> None:
+    """Freeze every process of the container."""
+    from kata_py import runtime
+
+    runtime.pause(obj.root_dir, container_id, obj.config_path)
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_obj
+def resume(obj: Context, container_id: str) -> None:
+    """Thaw a paused container."""
+    from kata_py import runtime
+
+    runtime.resume(obj.root_dir, container_id, obj.config_path)
+
+
+@cli.command()
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.argument("container_id")
+@click.pass_obj
+def ps(obj: Context, fmt: str, container_id: str) -> None:
+    """List the container's processes (pids as the guest sees them)."""
+    import json
+
+    from kata_py import runtime
+
+    procs = runtime.processes(obj.root_dir, container_id, obj.config_path)
+    if fmt == "json":
+        click.echo(json.dumps([pid for pid, _ in procs]))
+        return
+    click.echo(f"{'PID':>7}  CMD")
+    for pid, args in procs:
+        click.echo(f"{pid:>7}  {' '.join(args)}")
+
+
 @cli.command(name="list")
 @click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--quiet", "-q", is_flag=True, help="only ids")

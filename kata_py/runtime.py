@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kata_py.errors import KataError, StateError
 from kata_py.hypervisor.process import ProcessRef
-from kata_py.state import ContainerState, StateStore, now_rfc3339
+from kata_py.state import ContainerState, StateStore, Status, now_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,35 @@ def kill(root: Path, cid: str, signum: int, all_processes: bool,
         raise StateError(f"container {cid} is {state.status}",
                          "only a created or running container can be signalled")
     _agent(root, cid, config_path).signal_process(cid, signum, all_processes)
+
+
+def pause(root: Path, cid: str, config_path: str | None) -> None:
+    _set_frozen(root, cid, config_path, frozen=True)
+
+
+def resume(root: Path, cid: str, config_path: str | None) -> None:
+    _set_frozen(root, cid, config_path, frozen=False)
+
+
+def _set_frozen(root: Path, cid: str, config_path: str | None, frozen: bool) -> None:
+    st = store(root)
+    want: Status = "running" if frozen else "paused"
+    then: Status = "paused" if frozen else "running"
+    with st.lock(cid):
+        state = st.load(cid)
+        if state.status != want:
+            raise StateError(f"container {cid} is {state.status}, not {want}",
+                             "pause a running container, resume a paused one")
+        agent = _agent(root, cid, config_path)
+        (agent.pause_container if frozen else agent.resume_container)(cid)
+        st.save(dataclasses.replace(state, status=then))
+
+
+def processes(root: Path, cid: str, config_path: str | None) -> list[tuple[int, list[str]]]:
+    state = store(root).load(cid)
+    if state.status not in ("created", "running", "paused"):
+        raise StateError(f"container {cid} is {state.status}", "it has no processes")
+    return _agent(root, cid, config_path).list_processes(cid)  # type: ignore[no-any-return]
 
 
 def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:

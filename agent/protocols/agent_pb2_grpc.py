@@ -216,6 +216,21 @@ class AgentServiceStub:
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
                 response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PauseContainer = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/PauseContainer',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ResumeContainer = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/ResumeContainer',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListProcesses = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/ListProcesses',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -303,6 +318,26 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseContainer(self, request, context):
+        """Freeze / thaw the container's cgroup (cgroup v2 cgroup.freeze).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProcesses(self, request, context):
+        """The processes in the container's cgroup, as the guest sees them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -365,6 +400,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.RemoveContainer,
                     request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
                     response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'PauseContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseContainer,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'ResumeContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeContainer,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'ListProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProcesses,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -692,6 +742,87 @@ class AgentService:
             '/kata_py.agent.v1.AgentService/RemoveContainer',
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/PauseContainer',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/ResumeContainer',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/ListProcesses',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

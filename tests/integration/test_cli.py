@@ -170,3 +170,38 @@ def test_duplicate_id_is_refused(root: Path, bundle: Callable[..., Path]) -> Non
     assert kp(root, "create", "-b", str(b), "dup").returncode == 0
     _one_line_error(kp(root, "create", "-b", str(b), "dup"), b"container dup already exists")
     assert kp(root, "delete", "--force", "dup").returncode == 0
+
+
+def test_pause_freezes_resume_thaws_and_ps_lists(root: Path, bundle: Callable[..., Path]
+                                                 ) -> None:
+    b = bundle("sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; "
+                           "sleep 0.2; done")
+    count = b / "rootfs" / "tmp" / "count"   # the host sees the guest's writes
+    config = json.loads((b / "config.json").read_text())
+    config["root"]["readonly"] = False
+    (b / "config.json").write_text(json.dumps(config))
+    assert kp(root, "run", "-d", "-b", str(b), "pz").returncode == 0
+
+    def counter() -> int:
+        return int(count.read_text().strip() or 0) if count.exists() else 0
+
+    deadline = time.monotonic() + 60
+    while counter() < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    ps = kp(root, "ps", "pz")
+    assert ps.returncode == 0 and b"while true" in ps.stdout, ps.stderr
+    assert kp(root, "pause", "pz").returncode == 0
+    assert json.loads(kp(root, "state", "pz").stdout)["status"] == "paused"
+    frozen = counter()
+    time.sleep(2)
+    assert counter() == frozen
+    again = kp(root, "pause", "pz")
+    assert again.returncode == 1 and b"is paused, not running" in again.stderr
+    assert kp(root, "resume", "pz").returncode == 0
+    assert json.loads(kp(root, "state", "pz").stdout)["status"] == "running"
+    deadline = time.monotonic() + 30
+    while counter() <= frozen:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert kp(root, "delete", "--force", "pz").returncode == 0
