@@ -44,6 +44,24 @@ READ_CHUNK = 64 * 1024
 HIGH_FD = 10                    # parent-side copies live above the child's targets
 
 
+NS_PROC_NAMES = {"pid": "pid", "mount": "mnt", "uts": "uts", "ipc": "ipc", "network": "net",
+                 "cgroup": "cgroup", "user": "user"}
+
+
+def process_key(container_id: str, exec_id: str = "") -> str:
+    """The manager's key: the container itself, or one of its exec'd processes."""
+    return f"{container_id}/{exec_id}" if exec_id else container_id
+
+
+def _parse(config_json: bytes) -> launch_config.LaunchConfig:
+    try:
+        config = launch_config.from_json(config_json)
+    except launch_config.LaunchConfigError as exc:
+        raise InvalidArgument(f"launch description: {exc}") from exc
+    return dataclasses.replace(config, fds=dataclasses.replace(
+        config.fds, sync=SYNC_FD, start=START_FD, stdin=0, stdout=1, stderr=2))
+
+
 class Stream:
     """One output stream of a container: a pipe drained by a thread into a
     bounded buffer that ReadStdout/ReadStderr take from."""
@@ -89,6 +107,7 @@ class Stream:
 @dataclass
 class Container:
     id: str
+    config: launch_config.LaunchConfig
     pid: int
     launcher: Exit
     stdin: int | None
@@ -136,23 +155,45 @@ class ContainerManager:
         self.containers: dict[str, Container] = {}
         self.lock = threading.Lock()
 
-    def get(self, container_id: str) -> Container:
+    def get(self, container_id: str, exec_id: str = "") -> Container:
+        key = process_key(container_id, exec_id)
         with self.lock:
-            c = self.containers.get(container_id)
+            c = self.containers.get(key)
         if c is None:
-            raise NotFound(f"container {container_id} does not exist in the sandbox")
+            what = f"exec {exec_id} of container {container_id}" if exec_id else \
+                f"container {container_id}"
+            raise NotFound(f"{what} does not exist in the sandbox")
         return c
 
     def create(self, container_id: str, config_json: bytes) -> int:
-        try:
-            config = launch_config.from_json(config_json)
-        except launch_config.LaunchConfigError as exc:
-            raise InvalidArgument(f"launch description: {exc}") from exc
-        config = dataclasses.replace(config, fds=dataclasses.replace(
-            config.fds, sync=SYNC_FD, start=START_FD, stdin=0, stdout=1, stderr=2))
+        return self._spawn(container_id, _parse(config_json)).pid
+
+    def exec(self, container_id: str, exec_id: str, config_json: bytes) -> int:
+        """Start a process in the running container's namespaces and cgroup."""
+        c = self.get(container_id)
+        if not c.started or c.launcher.code is not None:
+            raise FailedPrecondition(f"container {container_id} is not running")
+        if not exec_id:
+            raise InvalidArgument("exec_id must not be empty")
+        base = c.config
+        process = _parse(config_json).process
+        config = dataclasses.replace(
+            base, process=process, hostname="", domainname="", mounts=(), masked_paths=(),
+            readonly_paths=(), devices=(), sysctl={}, default_devices=False,
+            namespaces=tuple(launch_config.Namespace(ns.type, f"/proc/{c.pid}/ns/"
+                                                     f"{NS_PROC_NAMES[ns.type]}")
+                             for ns in base.namespaces),
+            cgroup=launch_config.Cgroup(base.cgroup.path, root=base.cgroup.root)
+            if base.cgroup else None)
+        e = self._spawn(process_key(container_id, exec_id), config)
+        self.start(container_id, exec_id)
+        return e.pid
+
+    def _spawn(self, key: str, config: launch_config.LaunchConfig) -> Container:
+        container_id = key
         with self.lock:
-            if container_id in self.containers:
-                raise FailedPrecondition(f"container {container_id} already exists")
+            if key in self.containers:
+                raise FailedPrecondition(f"{key} already exists")
         pipes = {name: _pipe() for name in ("stdin", "stdout", "stderr", "sync", "start",
                                             "config")}
         # Child side: stdin read end, stdout/stderr write ends, sync write end,
@@ -183,15 +224,15 @@ class ContainerManager:
                        pipes["start"][1]):
                 os.close(fd)
             raise
-        c = Container(container_id, container_pid, launcher, pipes["stdin"][1],
+        c = Container(container_id, config, container_pid, launcher, pipes["stdin"][1],
                       Stream(pipes["stdout"][0], f"{container_id}-stdout"),
                       Stream(pipes["stderr"][0], f"{container_id}-stderr"),
                       sync, pipes["start"][1],
                       cgroups.cgroup_dir(config.cgroup) if config.cgroup else None)
         with self.lock:
             self.containers[container_id] = c
-        log.info("container %s created, pid %d", container_id, container_pid)
-        return container_pid
+        log.info("%s created, pid %d", container_id, container_pid)
+        return c
 
     @staticmethod
     def _await_created(sync: int, launcher: Exit) -> int:
@@ -210,8 +251,8 @@ class ContainerManager:
             if "created" in msg:
                 return pid or int(str(msg["created"]))
 
-    def start(self, container_id: str) -> None:
-        c = self.get(container_id)
+    def start(self, container_id: str, exec_id: str = "") -> None:
+        c = self.get(container_id, exec_id)
         with c.lock:
             if c.started or c.start is None:
                 raise FailedPrecondition(f"container {container_id} was already started")
@@ -224,19 +265,21 @@ class ContainerManager:
         if msg is not None and "error" in msg:
             raise FailedPrecondition(str(msg["error"]))
 
-    def wait(self, container_id: str, timeout_s: float | None) -> int | None:
-        return self.get(container_id).launcher.wait(timeout_s)
+    def wait(self, container_id: str, timeout_s: float | None,
+             exec_id: str = "") -> int | None:
+        return self.get(container_id, exec_id).launcher.wait(timeout_s)
 
-    def signal(self, container_id: str, signum: int, all_processes: bool) -> None:
-        c = self.get(container_id)
+    def signal(self, container_id: str, signum: int, all_processes: bool,
+               exec_id: str = "") -> None:
+        c = self.get(container_id, exec_id)
         if c.launcher.code is not None:
             raise FailedPrecondition(f"container {container_id} is not running")
         # all: the container's init holds every other process in its pid
         # namespace, so SIGKILL to it ends them all; otherwise signal init.
         os.kill(c.pid, signum)
 
-    def write_stdin(self, container_id: str, data: bytes) -> int:
-        c = self.get(container_id)
+    def write_stdin(self, container_id: str, data: bytes, exec_id: str = "") -> int:
+        c = self.get(container_id, exec_id)
         if c.stdin is None:
             raise FailedPrecondition(f"stdin of container {container_id} is closed")
         try:
@@ -244,8 +287,8 @@ class ContainerManager:
         except BrokenPipeError as exc:
             raise FailedPrecondition(f"container {container_id} no longer reads stdin") from exc
 
-    def close_stdin(self, container_id: str) -> None:
-        c = self.get(container_id)
+    def close_stdin(self, container_id: str, exec_id: str = "") -> None:
+        c = self.get(container_id, exec_id)
         with c.lock:
             if c.stdin is not None:
                 os.close(c.stdin)
@@ -276,9 +319,12 @@ class ContainerManager:
             out.append((int(line), [a.decode(errors="replace") for a in raw.split(b"\0") if a]))
         return out
 
-    def remove(self, container_id: str) -> None:
-        c = self.get(container_id)
-        if c.cgroup is not None and c.launcher.code is None:
+    def remove(self, container_id: str, exec_id: str = "") -> None:
+        c = self.get(container_id, exec_id)
+        if not exec_id:
+            for key in [k for k in self.containers if k.startswith(container_id + "/")]:
+                self.remove(container_id, key.split("/", 1)[1])
+        if c.cgroup is not None and c.launcher.code is None and not exec_id:
             try:
                 cgroups.thaw(c.cgroup)   # a frozen container must die too
             except OSError:
@@ -293,15 +339,15 @@ class ContainerManager:
                 c.start = None
             if c.launcher.wait(KILL_WAIT_S) is None:
                 raise AgentError(f"container {container_id} did not die after SIGKILL")
-        self.close_stdin(container_id)
+        self.close_stdin(container_id, exec_id)
         with c.lock:
             if not c.started:
                 os.close(c.sync)
                 c.started = True
-        if c.cgroup is not None:
+        if c.cgroup is not None and not exec_id:
             try:
                 cgroups.remove(c.cgroup)
             except OSError as exc:
                 log.warning("cgroup of %s not removed: %s", container_id, exc)
         with self.lock:
-            self.containers.pop(container_id, None)
+            self.containers.pop(process_key(container_id, exec_id), None)

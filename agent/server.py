@@ -103,14 +103,21 @@ class AgentService(pb_grpc.AgentServiceServicer):
         return _handle(context, "CreateContainer", lambda: pb.CreateContainerResponse(
             pid=self.containers.create(request.container_id, request.launch_config_json)))
 
+    def ExecProcess(self, request: pb.ExecProcessRequest,
+                    context: grpc.ServicerContext) -> Any:
+        return _handle(context, "ExecProcess", lambda: pb.CreateContainerResponse(
+            pid=self.containers.exec(request.container_id, request.exec_id,
+                                     request.launch_config_json)))
+
     def StartContainer(self, request: pb.ContainerRequest,
                        context: grpc.ServicerContext) -> Any:
         return _handle(context, "StartContainer", _void(
-            lambda: self.containers.start(request.container_id)))
+            lambda: self.containers.start(request.container_id, request.exec_id)))
 
     def WaitProcess(self, request: pb.ContainerRequest, context: grpc.ServicerContext) -> Any:
         def do() -> pb.WaitProcessResponse:
-            code = self.containers.wait(request.container_id, context.time_remaining())
+            code = self.containers.wait(request.container_id, context.time_remaining(),
+                                        request.exec_id)
             if code is None:
                 raise DeadlineExceeded(f"container {request.container_id} is still running")
             return pb.WaitProcessResponse(exit_status=code)
@@ -119,15 +126,17 @@ class AgentService(pb_grpc.AgentServiceServicer):
     def SignalProcess(self, request: pb.SignalProcessRequest,
                       context: grpc.ServicerContext) -> Any:
         return _handle(context, "SignalProcess", _void(
-            lambda: self.containers.signal(request.container_id, request.signal, request.all)))
+            lambda: self.containers.signal(request.container_id, request.signal, request.all,
+                                           request.exec_id)))
 
     def WriteStdin(self, request: pb.WriteStreamRequest, context: grpc.ServicerContext) -> Any:
         return _handle(context, "WriteStdin", lambda: pb.WriteStreamResponse(
-            written=self.containers.write_stdin(request.container_id, request.data)))
+            written=self.containers.write_stdin(request.container_id, request.data,
+                                                request.exec_id)))
 
     def CloseStdin(self, request: pb.ContainerRequest, context: grpc.ServicerContext) -> Any:
         return _handle(context, "CloseStdin", _void(
-            lambda: self.containers.close_stdin(request.container_id)))
+            lambda: self.containers.close_stdin(request.container_id, request.exec_id)))
 
     def ReadStdout(self, request: pb.ReadStreamRequest, context: grpc.ServicerContext) -> Any:
         return _handle(context, "ReadStdout", lambda: self._read(request, context, "stdout"))
@@ -138,7 +147,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
     def RemoveContainer(self, request: pb.ContainerRequest,
                         context: grpc.ServicerContext) -> Any:
         return _handle(context, "RemoveContainer", _void(
-            lambda: self.containers.remove(request.container_id)))
+            lambda: self.containers.remove(request.container_id, request.exec_id)))
 
     def PauseContainer(self, request: pb.ContainerRequest,
                        context: grpc.ServicerContext) -> Any:
@@ -158,7 +167,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
     def _read(self, request: pb.ReadStreamRequest, context: grpc.ServicerContext,
               which: str) -> pb.ReadStreamResponse:
-        c = self.containers.get(request.container_id)
+        c = self.containers.get(request.container_id, request.exec_id)
         stream = c.stdout if which == "stdout" else c.stderr
         data = stream.read(request.max_bytes or READ_DEFAULT_BYTES, context.time_remaining())
         if data is None:

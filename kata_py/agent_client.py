@@ -127,14 +127,24 @@ class AgentClient:
                        CREATE_TIMEOUT_S)
         return int(r.pid)
 
+    def exec_process(self, container_id: str, exec_id: str, launch_config_json: bytes) -> int:
+        """Run a new process in the running container; returns its guest pid."""
+        r = self._call("ExecProcess", self.agent.ExecProcess,
+                       pb.ExecProcessRequest(container_id=container_id, exec_id=exec_id,
+                                             launch_config_json=launch_config_json),
+                       CREATE_TIMEOUT_S)
+        return int(r.pid)
+
     def start_container(self, container_id: str) -> None:
         self._call("StartContainer", self.agent.StartContainer,
                    pb.ContainerRequest(container_id=container_id))
 
-    def wait_process(self, container_id: str, timeout_s: float) -> int | None:
+    def wait_process(self, container_id: str, timeout_s: float,
+                     exec_id: str = "") -> int | None:
         """The exit status (128+N for signal N), or None if still running at timeout_s."""
         try:
-            r = self.agent.WaitProcess(pb.ContainerRequest(container_id=container_id),
+            r = self.agent.WaitProcess(pb.ContainerRequest(container_id=container_id,
+                                                           exec_id=exec_id),
                                        timeout=timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -142,26 +152,29 @@ class AgentClient:
             raise _agent_error("WaitProcess", exc) from exc
         return int(r.exit_status)
 
-    def signal_process(self, container_id: str, signum: int, all_processes: bool = False) -> None:
+    def signal_process(self, container_id: str, signum: int, all_processes: bool = False,
+                       exec_id: str = "") -> None:
         self._call("SignalProcess", self.agent.SignalProcess,
                    pb.SignalProcessRequest(container_id=container_id, signal=signum,
-                                    all=all_processes))
+                                           all=all_processes, exec_id=exec_id))
 
-    def write_stdin(self, container_id: str, data: bytes) -> int:
+    def write_stdin(self, container_id: str, data: bytes, exec_id: str = "") -> int:
         r = self._call("WriteStdin", self.agent.WriteStdin,
-                       pb.WriteStreamRequest(container_id=container_id, data=data))
+                       pb.WriteStreamRequest(container_id=container_id, data=data,
+                                             exec_id=exec_id))
         return int(r.written)
 
-    def close_stdin(self, container_id: str) -> None:
+    def close_stdin(self, container_id: str, exec_id: str = "") -> None:
         self._call("CloseStdin", self.agent.CloseStdin,
-                   pb.ContainerRequest(container_id=container_id))
+                   pb.ContainerRequest(container_id=container_id, exec_id=exec_id))
 
     def read_output(self, container_id: str, stream: str, timeout_s: float,
-                    max_bytes: int = 0) -> bytes | None:
+                    max_bytes: int = 0, exec_id: str = "") -> bytes | None:
         """Next output of stdout/stderr; b"" at end of stream, None at timeout."""
         rpc = self.agent.ReadStdout if stream == "stdout" else self.agent.ReadStderr
         try:
-            r = rpc(pb.ReadStreamRequest(container_id=container_id, max_bytes=max_bytes),
+            r = rpc(pb.ReadStreamRequest(container_id=container_id, max_bytes=max_bytes,
+                                         exec_id=exec_id),
                     timeout=timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -169,9 +182,9 @@ class AgentClient:
             raise _agent_error(f"Read{stream.capitalize()}", exc) from exc
         return bytes(r.data)
 
-    def remove_container(self, container_id: str) -> None:
+    def remove_container(self, container_id: str, exec_id: str = "") -> None:
         self._call("RemoveContainer", self.agent.RemoveContainer,
-                   pb.ContainerRequest(container_id=container_id))
+                   pb.ContainerRequest(container_id=container_id, exec_id=exec_id))
 
     def pause_container(self, container_id: str) -> None:
         self._call("PauseContainer", self.agent.PauseContainer,

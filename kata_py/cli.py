@@ -218,6 +218,47 @@ def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: boo
     sys.exit(code)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+@click.option("--process", "-p", "process_file", default=None,
+              help="JSON file with an OCI process object")
+@click.option("--tty", "-t", is_flag=True, help="(not supported yet)")
+@click.option("--detach", "-d", is_flag=True, help="do not wait for the process")
+@click.option("--pid-file", default=None)
+@click.option("--console-socket", default=None, hidden=True)
+@click.option("--cwd", default=None, help="working directory in the container")
+@click.option("--env", "-e", multiple=True, help="KEY=VALUE, repeatable")
+@click.option("--user", "-u", default=None, help="uid[:gid]")
+@click.option("--preserve-fds", default=0, type=int, hidden=True)
+@click.argument("container_id")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def exec(obj: Context, process_file: str | None, tty: bool, detach: bool,
+         pid_file: str | None, console_socket: str | None, cwd: str | None,
+         env: tuple[str, ...], user: str | None, preserve_fds: int, container_id: str,
+         command: tuple[str, ...]) -> None:
+    """Run a process in a running container; exit with its exit code."""
+    import json
+
+    from kata_py import runtime
+
+    if tty or console_socket:
+        raise KataError("exec with a terminal is not supported by kata-py yet",
+                        "run without -t")
+    _refuse_unsupported(None, preserve_fds)
+    process = None
+    if process_file:
+        try:
+            process = json.loads(Path(process_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise KataError(f"cannot read --process {process_file}: {exc}",
+                            "give a JSON file with an OCI process object") from exc
+    code = runtime.exec_process(obj.root_dir, container_id, process, list(command), list(env),
+                                cwd, user, detach, Path(pid_file) if pid_file else None,
+                                obj.config_path)
+    sys.exit(code)
+
+
 @cli.command()
 @click.argument("container_id")
 @click.pass_obj

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from kata_py.errors import KataError, StateError
 from kata_py.hypervisor.process import ProcessRef
@@ -72,9 +73,7 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
                         f"container {cid}: the shim died while creating it",
                         "" if line.startswith("error ") else f"see {root}/containers/{cid}")
     if pid_file is not None:
-        tmp = pid_file.with_name(f".{pid_file.name}.tmp")
-        tmp.write_text(str(shim.pid))
-        os.replace(tmp, pid_file)
+        _write_pid_file(pid_file, shim.pid)
     # The shim outlives us; the caller's subreaper (conmon) inherits it.
     shim.returncode = 0  # do not let Popen.__del__ reap or warn about it
     return shim.pid
@@ -129,6 +128,88 @@ def kill(root: Path, cid: str, signum: int, all_processes: bool,
         raise StateError(f"container {cid} is {state.status}",
                          "only a created or running container can be signalled")
     _agent(root, cid, config_path).signal_process(cid, signum, all_processes)
+
+
+def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
+                 args: list[str], env: list[str], cwd: str | None, user: str | None,
+                 detach: bool, pid_file: Path | None, config_path: str | None) -> int:
+    """Run a process in a running container; returns its exit status (0 with detach)."""
+    import secrets
+
+    from kata_py.agent import launch_config as lc
+    from kata_py.spec import load_spec, parse_spec
+    from kata_py.translate import launch_process
+
+    state = store(root).load(cid)
+    if state.status != "running":
+        raise StateError(f"container {cid} is {state.status}, not running",
+                         "exec needs a running container")
+    bundle = Path(state.bundle)
+    spec = load_spec(bundle)
+    if process_json is not None:
+        raw = {"ociVersion": spec.oci_version, "root": {"path": state.rootfs},
+               "process": process_json}
+        process = parse_spec(raw, bundle).process
+    else:
+        if not args:
+            raise StateError("exec needs a command", "give the command after the id, "
+                             "or --process FILE")
+        process = dataclasses.replace(spec.process, args=tuple(args), terminal=False)
+    if env:
+        keys = {e.split("=", 1)[0] for e in env}
+        process = dataclasses.replace(process, env=tuple(
+            e for e in process.env if e.split("=", 1)[0] not in keys) + tuple(env))
+    if cwd:
+        process = dataclasses.replace(process, cwd=cwd)
+    if user:
+        uid, _, gid = user.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise StateError(f"invalid --user {user!r}", "use uid[:gid] in numbers")
+        process = dataclasses.replace(process, user=dataclasses.replace(
+            process.user, uid=int(uid), gid=int(gid) if gid else process.user.gid))
+    exec_id = secrets.token_hex(6)
+    config = lc.LaunchConfig(container_id=cid, rootfs="/", process=launch_process(process),
+                             fds=lc.Fds(sync=3, start=4))
+    agent = _agent(root, cid, config_path)
+    agent.exec_process(cid, exec_id, lc.to_json(config).encode())
+    if detach:
+        shim_pid = _spawn_exec_shim(root, cid, exec_id, config_path)
+        if pid_file is not None:
+            _write_pid_file(pid_file, shim_pid)
+        return 0
+    if pid_file is not None:
+        _write_pid_file(pid_file, os.getpid())
+    from kata_py.shim import relay
+
+    code = relay(agent, cid, exec_id)
+    try:
+        agent.remove_container(cid, exec_id)
+    except KataError as exc:
+        log.info("exec %s of %s: %s", exec_id, cid, exc)
+    return code
+
+
+def _spawn_exec_shim(root: Path, cid: str, exec_id: str, config_path: str | None) -> int:
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "kata_py.shim", "--root", str(root), "--id", cid,
+            "--exec-id", exec_id, "--notify-fd", str(write_fd)]
+    if config_path:
+        argv += ["--config", config_path]
+    try:
+        shim = subprocess.Popen(argv, pass_fds=(write_fd,), close_fds=True)
+    finally:
+        os.close(write_fd)
+    line = _read_notify(read_fd, CREATE_TIMEOUT_S)
+    if not line.startswith("ok"):
+        raise KataError(f"exec in container {cid}: {line or 'the exec shim died'}")
+    shim.returncode = 0  # it outlives us
+    return shim.pid
+
+
+def _write_pid_file(pid_file: Path, pid: int) -> None:
+    tmp = pid_file.with_name(f".{pid_file.name}.tmp")
+    tmp.write_text(str(pid))
+    os.replace(tmp, pid_file)
 
 
 def pause(root: Path, cid: str, config_path: str | None) -> None:

@@ -53,10 +53,10 @@ def _notify(fd: int, line: str) -> None:
         pass
 
 
-def _pump_out(agent: AgentClient, cid: str, stream: str, fd: int) -> None:
+def _pump_out(agent: AgentClient, cid: str, exec_id: str, stream: str, fd: int) -> None:
     while True:
         try:
-            data = agent.read_output(cid, stream, timeout_s=WAIT_SLICE_S)
+            data = agent.read_output(cid, stream, timeout_s=WAIT_SLICE_S, exec_id=exec_id)
         except KataError:
             return
         if data is None:
@@ -69,16 +69,45 @@ def _pump_out(agent: AgentClient, cid: str, stream: str, fd: int) -> None:
             return
 
 
-def _pump_in(agent: AgentClient, cid: str) -> None:
+def _pump_in(agent: AgentClient, cid: str, exec_id: str) -> None:
     try:
         while data := os.read(0, 64 * 1024):
-            agent.write_stdin(cid, data)
+            agent.write_stdin(cid, data, exec_id)
     except (OSError, KataError):
         pass
     try:
-        agent.close_stdin(cid)
+        agent.close_stdin(cid, exec_id)
     except KataError:
         pass
+
+
+def relay(agent: AgentClient, cid: str, exec_id: str = "") -> int:
+    """Connect our stdio to a process in the guest, forward our signals to it,
+    and return its exit status once its output is drained."""
+    pumps = [threading.Thread(target=_pump_out, args=(agent, cid, exec_id, s, fd), daemon=True)
+             for s, fd in (("stdout", 1), ("stderr", 2))]
+    for t in pumps:
+        t.start()
+    threading.Thread(target=_pump_in, args=(agent, cid, exec_id), daemon=True).start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        try:
+            agent.signal_process(cid, signum, exec_id=exec_id)
+        except KataError as exc:
+            log.info("could not forward signal %d: %s", signum, exc)
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    code: int | None = None
+    while code is None:
+        try:
+            code = agent.wait_process(cid, WAIT_SLICE_S, exec_id)
+        except KataError as exc:
+            log.warning("agent gone while waiting for %s: %s", cid, exc)
+            return AGENT_GONE_EXIT
+    for t in pumps:
+        t.join(DRAIN_WAIT_S)
+    return code
 
 
 class Shim:
@@ -110,31 +139,10 @@ class Shim:
         return state
 
     def serve(self) -> int:
-        agent = self.sandbox.agent
-        assert agent is not None
-        pumps = [threading.Thread(target=_pump_out, args=(agent, self.cid, s, fd), daemon=True)
-                 for s, fd in (("stdout", 1), ("stderr", 2))]
-        for t in pumps:
-            t.start()
-        threading.Thread(target=_pump_in, args=(agent, self.cid), daemon=True).start()
-
-        def forward(signum: int, frame: FrameType | None) -> None:
-            try:
-                agent.signal_process(self.cid, signum)
-            except KataError as exc:
-                log.info("could not forward signal %d: %s", signum, exc)
-
-        for sig in FORWARDED_SIGNALS:
-            signal.signal(sig, forward)
-        code: int | None = None
-        while code is None:
-            try:
-                code = agent.wait_process(self.cid, WAIT_SLICE_S)
-            except KataError as exc:
-                log.warning("agent gone while waiting for the container: %s", exc)
-                return AGENT_GONE_EXIT
-        for t in pumps:
-            t.join(DRAIN_WAIT_S)
+        assert self.sandbox.agent is not None
+        code = relay(self.sandbox.agent, self.cid)
+        if code == AGENT_GONE_EXIT:
+            return code
         with self.store.lock(self.cid):
             state = self.store.load(self.cid)
             self.store.save(state.__class__(**{**state.__dict__, "status": "stopped",
@@ -149,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", required=True)
     parser.add_argument("--notify-fd", required=True, type=int)
     parser.add_argument("--config", default=None)
+    parser.add_argument("--exec-id", default="",
+                        help="relay an already started exec'd process (exec -d)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     log_path = args.root / "containers" / args.id / "shim.log"
     logging.basicConfig(filename=log_path, level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    if args.exec_id:
+        return _serve_exec(args.root, args.id, args.exec_id, args.config, args.notify_fd)
     try:
         shim = Shim(args.root, args.id, args.config)
         shim.setup()
@@ -169,6 +181,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _notify(args.notify_fd, f"ok {os.getpid()}")
     return shim.serve()
+
+
+def _serve_exec(root: Path, cid: str, exec_id: str, config_path: str | None,
+                notify_fd: int) -> int:
+    """exec -d: relay the exec'd process for as long as it lives."""
+    cfg = load_config(config_path)
+    sandbox = Sandbox.load(cid, cfg.__class__(**{**cfg.__dict__, "state_dir": str(root)}))
+    assert sandbox.agent is not None
+    _notify(notify_fd, f"ok {os.getpid()}")
+    code = relay(sandbox.agent, cid, exec_id)
+    try:
+        sandbox.agent.remove_container(cid, exec_id)
+    except KataError:
+        pass
+    return code
 
 
 def _teardown_failed_create(root: Path, cid: str, config_path: str | None) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from kata_py.agent import launch_config as lc
 from kata_py.errors import ConfigError
-from kata_py.spec import Spec
+from kata_py.spec import Process, Spec
 from kata_py.spec_linux import Resources, Seccomp
 
 GUEST_SHARE = "/run/kata-py/shared"       # kata_py.agent.shared.SHARED_DIR
@@ -114,8 +114,8 @@ def _seccomp(seccomp: Seccomp | None) -> dict[str, Any] | None:
     }
 
 
-def _process(spec: Spec) -> lc.Process:
-    p = spec.process
+def launch_process(p: Process) -> lc.Process:
+    """The guest's view of an OCI process (also what `exec` runs)."""
     caps = p.capabilities
     return lc.Process(
         args=p.args, env=p.env, cwd=p.cwd, uid=p.user.uid, gid=p.user.gid,
@@ -134,7 +134,7 @@ def to_launch_config(spec: Spec, container_id: str) -> tuple[lc.LaunchConfig, li
     rootfs = HostShare(spec.root.path, f"{container_id}/rootfs", readonly=False)
     config = lc.LaunchConfig(
         container_id=container_id, rootfs=f"{GUEST_SHARE}/{rootfs.target}",
-        process=_process(spec), fds=lc.Fds(sync=3, start=4),   # the agent sets the fds
+        process=launch_process(spec.process), fds=lc.Fds(sync=3, start=4),  # agent sets fds
         readonly_rootfs=spec.root.readonly, hostname=spec.hostname,
         domainname=spec.domainname, namespaces=_namespaces(spec), mounts=mounts,
         rootfs_propagation=linux.rootfs_propagation if linux else "",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#kata_py/agent/protocols/agent.proto\x12\x10kata_py.agent.v1\"\x1f\n\x0c\x43heckRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x96\x01\n\x13HealthCheckResponse\x12\x43\n\x06status\x18\x01 \x01(\x0e\x32\x33.kata_py.agent.v1.HealthCheckResponse.ServingStatus\":\n\rServingStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0f\n\x0bNOT_SERVING\x10\x02\"u\n\x14VersionCheckResponse\x12\x14\n\x0cgrpc_version\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x18\n\x10protobuf_version\x18\x03 \x01(\t\x12\x16\n\x0epython_version\x18\x04 \x01(\t\"(\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\"I\n\x15ListProcessesResponse\x12\x30\n\tprocesses\x18\x01 \x03(\x0b\x32\x1d.kata_py.agent.v1.ProcessInfo\"J\n\x16\x43reateContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x1a\n\x12launch_config_json\x18\x02 \x01(\x0c\"&\n\x17\x43reateContainerResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\"(\n\x10\x43ontainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"*\n\x13WaitProcessResponse\x12\x13\n\x0b\x65xit_status\x18\x01 \x01(\x05\"I\n\x14SignalProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\r\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\"8\n\x12WriteStreamRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"&\n\x13WriteStreamResponse\x12\x0f\n\x07written\x18\x01 \x01(\r\"<\n\x11ReadStreamRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\tmax_bytes\x18\x02 \x01(\r\"\"\n\x12ReadStreamResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x07\n\x05\x45mpty\"\x15\n\x13GuestDetailsRequest\"\xbb\x01\n\x14GuestDetailsResponse\x12\x16\n\x0ekernel_release\x18\x01 \x01(\t\x12\x17\n\x0fmem_total_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bonline_cpus\x18\x03 \x01(\r\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x12\n\nshared_dir\x18\x05 \x01(\t\x12\x1a\n\x12shared_dir_mounted\x18\x06 \x01(\x08\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\"8\n\x15ReadSharedFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\tmax_bytes\x18\x02 \x01(\x04\"4\n\x16ReadSharedFileResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x17\n\x15\x44\x65stroySandboxRequest2\xab\x01\n\x06Health\x12N\n\x05\x43heck\x12\x1e.kata_py.agent.v1.CheckRequest\x1a%.kata_py.agent.v1.HealthCheckResponse\x12Q\n\x07Version\x12\x1e.kata_py.agent.v1.CheckRequest\x1a&.kata_py.agent.v1.VersionCheckResponse2\xb1\n\n\x0c\x41gentService\x12`\n\x0fGetGuestDetails\x12%.kata_py.agent.v1.GuestDetailsRequest\x1a&.kata_py.agent.v1.GuestDetailsResponse\x12\x63\n\x0eReadSharedFile\x12\'.kata_py.agent.v1.ReadSharedFileRequest\x1a(.kata_py.agent.v1.ReadSharedFileResponse\x12R\n\x0e\x44\x65stroySandbox\x12\'.kata_py.agent.v1.DestroySandboxRequest\x1a\x17.kata_py.agent.v1.Empty\x12\x66\n\x0f\x43reateContainer\x12(.kata_py.agent.v1.CreateContainerRequest\x1a).kata_py.agent.v1.CreateContainerResponse\x12M\n\x0eStartContainer\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12X\n\x0bWaitProcess\x12\".kata_py.agent.v1.ContainerRequest\x1a%.kata_py.agent.v1.WaitProcessResponse\x12P\n\rSignalProcess\x12&.kata_py.agent.v1.SignalProcessRequest\x1a\x17.kata_py.agent.v1.Empty\x12Y\n\nWriteStdin\x12$.kata_py.agent.v1.WriteStreamRequest\x1a%.kata_py.agent.v1.WriteStreamResponse\x12I\n\nCloseStdin\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12W\n\nReadStdout\x12#.kata_py.agent.v1.ReadStreamRequest\x1a$.kata_py.agent.v1.ReadStreamResponse\x12W\n\nReadStderr\x12#.kata_py.agent.v1.ReadStreamRequest\x1a$.kata_py.agent.v1.ReadStreamResponse\x12N\n\x0fRemoveContainer\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12M\n\x0ePauseContainer\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12N\n\x0fResumeContainer\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12\\\n\rListProcesses\x12\".kata_py.agent.v1.ContainerRequest\x1a\'.kata_py.agent.v1.ListProcessesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#kata_py/agent/protocols/agent.proto\x12\x10kata_py.agent.v1\"\x1f\n\x0c\x43heckRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x96\x01\n\x13HealthCheckResponse\x12\x43\n\x06status\x18\x01 \x01(\x0e\x32\x33.kata_py.agent.v1.HealthCheckResponse.ServingStatus\":\n\rServingStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0f\n\x0bNOT_SERVING\x10\x02\"u\n\x14VersionCheckResponse\x12\x14\n\x0cgrpc_version\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x18\n\x10protobuf_version\x18\x03 \x01(\t\x12\x16\n\x0epython_version\x18\x04 \x01(\t\"(\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\"I\n\x15ListProcessesResponse\x12\x30\n\tprocesses\x18\x01 \x03(\x0b\x32\x1d.kata_py.agent.v1.ProcessInfo\"J\n\x16\x43reateContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x1a\n\x12launch_config_json\x18\x02 \x01(\x0c\"&\n\x17\x43reateContainerResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\"W\n\x12\x45xecProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x1a\n\x12launch_config_json\x18\x03 \x01(\x0c\"9\n\x10\x43ontainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\"*\n\x13WaitProcessResponse\x12\x13\n\x0b\x65xit_status\x18\x01 \x01(\x05\"Z\n\x14SignalProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\r\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\x12\x0f\n\x07\x65xec_id\x18\x04 \x01(\t\"I\n\x12WriteStreamRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0f\n\x07\x65xec_id\x18\x03 \x01(\t\"&\n\x13WriteStreamResponse\x12\x0f\n\x07written\x18\x01 \x01(\r\"M\n\x11ReadStreamRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\tmax_bytes\x18\x02 \x01(\r\x12\x0f\n\x07\x65xec_id\x18\x03 \x01(\t\"\"\n\x12ReadStreamResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x07\n\x05\x45mpty\"\x15\n\x13GuestDetailsRequest\"\xbb\x01\n\x14GuestDetailsResponse\x12\x16\n\x0ekernel_release\x18\x01 \x01(\t\x12\x17\n\x0fmem_total_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bonline_cpus\x18\x03 \x01(\r\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x12\n\nshared_dir\x18\x05 \x01(\t\x12\x1a\n\x12shared_dir_mounted\x18\x06 \x01(\x08\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\"8\n\x15ReadSharedFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\tmax_bytes\x18\x02 \x01(\x04\"4\n\x16ReadSharedFileResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x17\n\x15\x44\x65stroySandboxRequest2\xab\x01\n\x06Health\x12N\n\x05\x43heck\x12\x1e.kata_py.agent.v1.CheckRequest\x1a%.kata_py.agent.v1.HealthCheckResponse\x12Q\n\x07Version\x12\x1e.kata_py.agent.v1.CheckRequest\x1a&.kata_py.agent.v1.VersionCheckResponse2\x91\x0b\n\x0c\x41gentService\x12`\n\x0fGetGuestDetails\x12%.kata_py.agent.v1.GuestDetailsRequest\x1a&.kata_py.agent.v1.GuestDetailsResponse\x12\x63\n\x0eReadSharedFile\x12\'.kata_py.agent.v1.ReadSharedFileRequest\x1a(.kata_py.agent.v1.ReadSharedFileResponse\x12R\n\x0e\x44\x65stroySandbox\x12\'.kata_py.agent.v1.DestroySandboxRequest\x1a\x17.kata_py.agent.v1.Empty\x12\x66\n\x0f\x43reateContainer\x12(.kata_py.agent.v1.CreateContainerRequest\x1a).kata_py.agent.v1.CreateContainerResponse\x12M\n\x0eStartContainer\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12^\n\x0b\x45xecProcess\x12$.kata_py.agent.v1.ExecProcessRequest\x1a).kata_py.agent.v1.CreateContainerResponse\x12X\n\x0bWaitProcess\x12\".kata_py.agent.v1.ContainerRequest\x1a%.kata_py.agent.v1.WaitProcessResponse\x12P\n\rSignalProcess\x12&.kata_py.agent.v1.SignalProcessRequest\x1a\x17.kata_py.agent.v1.Empty\x12Y\n\nWriteStdin\x12$.kata_py.agent.v1.WriteStreamRequest\x1a%.kata_py.agent.v1.WriteStreamResponse\x12I\n\nCloseStdin\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12W\n\nReadStdout\x12#.kata_py.agent.v1.ReadStreamRequest\x1a$.kata_py.agent.v1.ReadStreamResponse\x12W\n\nReadStderr\x12#.kata_py.agent.v1.ReadStreamRequest\x1a$.kata_py.agent.v1.ReadStreamResponse\x12N\n\x0fRemoveContainer\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12M\n\x0ePauseContainer\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12N\n\x0fResumeContainer\x12\".kata_py.agent.v1.ContainerRequest\x1a\x17.kata_py.agent.v1.Empty\x12\\\n\rListProcesses\x12\".kata_py.agent.v1.ContainerRequest\x1a\'.kata_py.agent.v1.ListProcessesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,34 +47,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATECONTAINERREQUEST']._serialized_end=553
   _globals['_CREATECONTAINERRESPONSE']._serialized_start=555
   _globals['_CREATECONTAINERRESPONSE']._serialized_end=593
-  _globals['_CONTAINERREQUEST']._serialized_start=595
-  _globals['_CONTAINERREQUEST']._serialized_end=635
-  _globals['_WAITPROCESSRESPONSE']._serialized_start=637
-  _globals['_WAITPROCESSRESPONSE']._serialized_end=679
-  _globals['_SIGNALPROCESSREQUEST']._serialized_start=681
-  _globals['_SIGNALPROCESSREQUEST']._serialized_end=754
-  _globals['_WRITESTREAMREQUEST']._serialized_start=756
-  _globals['_WRITESTREAMREQUEST']._serialized_end=812
-  _globals['_WRITESTREAMRESPONSE']._serialized_start=814
-  _globals['_WRITESTREAMRESPONSE']._serialized_end=852
-  _globals['_READSTREAMREQUEST']._serialized_start=854
-  _globals['_READSTREAMREQUEST']._serialized_end=914
-  _globals['_READSTREAMRESPONSE']._serialized_start=916
-  _globals['_READSTREAMRESPONSE']._serialized_end=950
-  _globals['_EMPTY']._serialized_start=952
-  _globals['_EMPTY']._serialized_end=959
-  _globals['_GUESTDETAILSREQUEST']._serialized_start=961
-  _globals['_GUESTDETAILSREQUEST']._serialized_end=982
-  _globals['_GUESTDETAILSRESPONSE']._serialized_start=985
-  _globals['_GUESTDETAILSRESPONSE']._serialized_end=1172
-  _globals['_READSHAREDFILEREQUEST']._serialized_start=1174
-  _globals['_READSHAREDFILEREQUEST']._serialized_end=1230
-  _globals['_READSHAREDFILERESPONSE']._serialized_start=1232
-  _globals['_READSHAREDFILERESPONSE']._serialized_end=1284
-  _globals['_DESTROYSANDBOXREQUEST']._serialized_start=1286
-  _globals['_DESTROYSANDBOXREQUEST']._serialized_end=1309
-  _globals['_HEALTH']._serialized_start=1312
-  _globals['_HEALTH']._serialized_end=1483
-  _globals['_AGENTSERVICE']._serialized_start=1486
-  _globals['_AGENTSERVICE']._serialized_end=2815
+  _globals['_EXECPROCESSREQUEST']._serialized_start=595
+  _globals['_EXECPROCESSREQUEST']._serialized_end=682
+  _globals['_CONTAINERREQUEST']._serialized_start=684
+  _globals['_CONTAINERREQUEST']._serialized_end=741
+  _globals['_WAITPROCESSRESPONSE']._serialized_start=743
+  _globals['_WAITPROCESSRESPONSE']._serialized_end=785
+  _globals['_SIGNALPROCESSREQUEST']._serialized_start=787
+  _globals['_SIGNALPROCESSREQUEST']._serialized_end=877
+  _globals['_WRITESTREAMREQUEST']._serialized_start=879
+  _globals['_WRITESTREAMREQUEST']._serialized_end=952
+  _globals['_WRITESTREAMRESPONSE']._serialized_start=954
+  _globals['_WRITESTREAMRESPONSE']._serialized_end=992
+  _globals['_READSTREAMREQUEST']._serialized_start=994
+  _globals['_READSTREAMREQUEST']._serialized_end=1071
+  _globals['_READSTREAMRESPONSE']._serialized_start=1073
+  _globals['_READSTREAMRESPONSE']._serialized_end=1107
+  _globals['_EMPTY']._serialized_start=1109
+  _globals['_EMPTY']._serialized_end=1116
+  _globals['_GUESTDETAILSREQUEST']._serialized_start=1118
+  _globals['_GUESTDETAILSREQUEST']._serialized_end=1139
+  _globals['_GUESTDETAILSRESPONSE']._serialized_start=1142
+  _globals['_GUESTDETAILSRESPONSE']._serialized_end=1329
+  _globals['_READSHAREDFILEREQUEST']._serialized_start=1331
+  _globals['_READSHAREDFILEREQUEST']._serialized_end=1387
+  _globals['_READSHAREDFILERESPONSE']._serialized_start=1389
+  _globals['_READSHAREDFILERESPONSE']._serialized_end=1441
+  _globals['_DESTROYSANDBOXREQUEST']._serialized_start=1443
+  _globals['_DESTROYSANDBOXREQUEST']._serialized_end=1466
+  _globals['_HEALTH']._serialized_start=1469
+  _globals['_HEALTH']._serialized_end=1640
+  _globals['_AGENTSERVICE']._serialized_start=1643
+  _globals['_AGENTSERVICE']._serialized_end=3068
 # @@protoc_insertion_point(module_scope)

@@ -67,11 +67,23 @@ class CreateContainerResponse(_message.Message):
     pid: int
     def __init__(self, pid: _Optional[int] = ...) -> None: ...
 
-class ContainerRequest(_message.Message):
-    __slots__ = ("container_id",)
+class ExecProcessRequest(_message.Message):
+    __slots__ = ("container_id", "exec_id", "launch_config_json")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     container_id: str
-    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+    exec_id: str
+    launch_config_json: bytes
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., launch_config_json: _Optional[bytes] = ...) -> None: ...
+
+class ContainerRequest(_message.Message):
+    __slots__ = ("container_id", "exec_id")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
 
 class WaitProcessResponse(_message.Message):
     __slots__ = ("exit_status",)
@@ -80,22 +92,26 @@ class WaitProcessResponse(_message.Message):
     def __init__(self, exit_status: _Optional[int] = ...) -> None: ...
 
 class SignalProcessRequest(_message.Message):
-    __slots__ = ("container_id", "signal", "all")
+    __slots__ = ("container_id", "signal", "all", "exec_id")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     signal: int
     all: bool
-    def __init__(self, container_id: _Optional[str] = ..., signal: _Optional[int] = ..., all: _Optional[bool] = ...) -> None: ...
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., signal: _Optional[int] = ..., all: _Optional[bool] = ..., exec_id: _Optional[str] = ...) -> None: ...
 
 class WriteStreamRequest(_message.Message):
-    __slots__ = ("container_id", "data")
+    __slots__ = ("container_id", "data", "exec_id")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     data: bytes
-    def __init__(self, container_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., data: _Optional[bytes] = ..., exec_id: _Optional[str] = ...) -> None: ...
 
 class WriteStreamResponse(_message.Message):
     __slots__ = ("written",)
@@ -104,12 +120,14 @@ class WriteStreamResponse(_message.Message):
     def __init__(self, written: _Optional[int] = ...) -> None: ...
 
 class ReadStreamRequest(_message.Message):
-    __slots__ = ("container_id", "max_bytes")
+    __slots__ = ("container_id", "max_bytes", "exec_id")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     max_bytes: int
-    def __init__(self, container_id: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., max_bytes: _Optional[int] = ..., exec_id: _Optional[str] = ...) -> None: ...
 
 class ReadStreamResponse(_message.Message):
     __slots__ = ("data",)

@@ -181,6 +181,11 @@ class AgentServiceStub:
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
                 response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ExecProcess = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/ExecProcess',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ExecProcessRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerResponse.FromString,
+                _registered_method=True)
         self.WaitProcess = channel.unary_unary(
                 '/kata_py.agent.v1.AgentService/WaitProcess',
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
@@ -269,6 +274,14 @@ class AgentServiceServicer:
 
     def StartContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecProcess(self, request, context):
+        """A new process in a running container's namespaces and cgroup, started
+        at once. The process RPCs below address it with exec_id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -365,6 +378,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.StartContainer,
                     request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
                     response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'ExecProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecProcess,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ExecProcessRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerResponse.SerializeToString,
             ),
             'WaitProcess': grpc.unary_unary_rpc_method_handler(
                     servicer.WaitProcess,
@@ -553,6 +571,33 @@ class AgentService:
             '/kata_py.agent.v1.AgentService/StartContainer',
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/ExecProcess',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ExecProcessRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.CreateContainerResponse.FromString,
             options,
             channel_credentials,
             insecure,

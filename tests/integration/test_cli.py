@@ -205,3 +205,26 @@ def test_pause_freezes_resume_thaws_and_ps_lists(root: Path, bundle: Callable[..
         assert time.monotonic() < deadline
         time.sleep(0.3)
     assert kp(root, "delete", "--force", "pz").returncode == 0
+
+
+def test_exec_runs_in_the_container_with_its_own_settings(root: Path,
+                                                          bundle: Callable[..., Path]) -> None:
+    b = bundle("sleep", "600")
+    assert kp(root, "run", "-d", "-b", str(b), "ex").returncode == 0
+    r = kp(root, "exec", "ex", "sh", "-c", "echo in $(hostname); cat /proc/1/cmdline; exit 4")
+    assert r.returncode == 4, r.stderr
+    assert r.stdout.startswith(b"in kp\nsleep\x00600")      # the container's pid namespace
+    r = kp(root, "exec", "-e", "FOO=bar", "--cwd", "/tmp", "-u", "1000:1000", "ex",
+           "sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g)")
+    assert (r.returncode, r.stdout) == (0, b"bar /tmp 1000:1000\n"), r.stderr
+    r = kp(root, "exec", "ex", "cat", stdin=b"exec stdin\n")
+    assert r.stdout == b"exec stdin\n"
+    assert kp(root, "exec", "-d", "ex", "sleep", "30").returncode == 0
+    assert b"sleep 30" in kp(root, "ps", "ex").stdout
+    assert kp(root, "kill", "ex", "KILL").returncode == 0
+    deadline = time.monotonic() + 60
+    while json.loads(kp(root, "state", "ex").stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    _one_line_error(kp(root, "exec", "ex", "true"), b"container ex is stopped, not running")
+    assert kp(root, "delete", "ex").returncode == 0
