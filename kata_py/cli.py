@@ -57,6 +57,29 @@ def _setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
     root.setLevel(level)
 
 
+def _print_version(ctx: click.Context) -> None:
+    """runc's lines (version, commit, spec) plus the guest kernel."""
+    import json
+    import subprocess
+
+    from kata_py.state import OCI_VERSION
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except OSError:
+        commit = ""
+    try:
+        manifest = json.loads(Path("/var/cache/kata-py/guest/manifest.json").read_text())
+        kernel = str(manifest.get("kernel_release", "unknown"))
+    except (OSError, ValueError):
+        kernel = "no guest image"
+    click.echo(f"kata-py version {__version__}\ncommit: {commit or 'unknown'}\n"
+               f"spec: {OCI_VERSION}\nguest kernel: {kernel}")
+    ctx.exit(0)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", default=None, help="state directory (default /run/kata-py)")
 @click.option("--log", "log_file", default=None, help="log file (default stderr)")
@@ -64,7 +87,9 @@ def _setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
 @click.option("--debug", is_flag=True, help="verbose logs and tracebacks")
 @click.option("--config", default=None, envvar="KATA_PY_CONFIG",
               help="runtime configuration TOML (default: configs/kata-py.toml values)")
-@click.version_option(__version__, prog_name="kata-py")
+@click.option("--version", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, _, value: _print_version(ctx) if value else None,
+              help="print version lines (runc's shape) and exit")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, log_file: str | None, log_format: str,
         debug: bool, config: str | None) -> None:

@@ -18,6 +18,7 @@ and exits 1. It logs to <root>/containers/<id>/shim.log, never to stdio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from kata_py.errors import KataError
 from kata_py.hooks import run_hooks
 from kata_py.hypervisor.process import read_start_time
 from kata_py.sandbox import Sandbox
+from kata_py.sizing import vm_size
 from kata_py.spec import load_spec
 from kata_py.state import ContainerState, StateStore
 from kata_py.translate import to_launch_config
@@ -122,6 +124,10 @@ class Shim:
         state = self.store.load(self.cid)
         spec = load_spec(Path(state.bundle))
         launch, shares = to_launch_config(spec, self.cid)
+        size = vm_size(spec, self.cfg.hypervisor)
+        self.cfg = dataclasses.replace(self.cfg, hypervisor=dataclasses.replace(
+            self.cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
+        self.sandbox = Sandbox(self.cid, self.cfg)
         self.sandbox.start()
         for item in shares:
             self.sandbox.share(item)

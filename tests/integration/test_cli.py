@@ -228,3 +228,46 @@ def test_exec_runs_in_the_container_with_its_own_settings(root: Path,
         time.sleep(0.5)
     _one_line_error(kp(root, "exec", "ex", "true"), b"container ex is stopped, not running")
     assert kp(root, "delete", "ex").returncode == 0
+
+
+def test_container_is_built_as_the_spec_says(root: Path, bundle: Callable[..., Path]) -> None:
+    caps = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_KILL"]     # CapEff 0x23
+    script = ("echo uid=$(id -u) groups=$(id -G | tr ' ' ,); umask; pwd; echo FOO=$FOO; "
+              "grep CapEff /proc/self/status; ulimit -n; echo secret=$(cat /etc/secret); "
+              "touch /rootfile 2>&1; mkdir /tmp/d 2>&1; true")
+    b = bundle("sh", "-c", script, env=["PATH=/bin", "FOO=bar"], cwd="/tmp",
+               user={"uid": 0, "gid": 0, "additionalGids": [10, 20], "umask": 0o027},
+               capabilities={k: caps for k in ("bounding", "effective", "permitted")},
+               rlimits=[{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 512}],
+               noNewPrivileges=True)
+    (b / "rootfs" / "etc" / "secret").write_text("do not show\n")
+    config = json.loads((b / "config.json").read_text())
+    config["linux"]["maskedPaths"].append("/etc/secret")
+    config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    assert config["root"]["readonly"] is True
+    (b / "config.json").write_text(json.dumps(config))
+    r = kp(root, "run", "-b", str(b), "spec1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "uid=0 groups=0,10,20"
+    assert lines[1:4] == ["0027", "/tmp", "FOO=bar"]
+    assert lines[4].split() == ["CapEff:", "0000000000000023"]
+    assert lines[5:7] == ["512", "secret="]
+    assert "Read-only file system" in lines[7]
+    assert "Operation not permitted" in lines[8]        # seccomp, not the read-only root
+
+
+def test_memory_limit_oom_kills_and_sizes_the_vm(root: Path, bundle: Callable[..., Path]
+                                                 ) -> None:
+    # 96 MiB of shell variable in a 32 MiB cgroup: the OOM killer ends it.
+    b = bundle("sh", "-c", "grep MemTotal /proc/meminfo >&2; "
+                           "x=$(head -c 100663296 /dev/zero | tr '\\0' a); echo survived")
+    config = json.loads((b / "config.json").read_text())
+    config["linux"]["resources"] = {"memory": {"limit": 32 << 20}}
+    (b / "config.json").write_text(json.dumps(config))
+    r = kp(root, "run", "-b", str(b), "oom")
+    assert r.returncode == 137, (r.stdout, r.stderr)
+    assert b"survived" not in r.stdout
+    mem_kib = int(r.stderr.split()[1])
+    assert mem_kib < 320 * 1024          # VM = limit + guest overhead, not the 512 MiB default
