@@ -24,7 +24,10 @@ import logging
 import os
 import select
 import signal
+import socket
+import struct
 import sys
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ from kata_py.agent.reaper import Exit, Reaper
 
 log = logging.getLogger(__name__)
 
-SYNC_FD, START_FD, CONFIG_FD = 3, 4, 5
+SYNC_FD, START_FD, CONFIG_FD, CONSOLE_FD = 3, 4, 5, 6
 CREATE_TIMEOUT_S = 60.0
 KILL_WAIT_S = 5.0
 STREAM_BUFFER_MAX = 1 << 20     # a slow reader pauses the container's writes beyond this
@@ -114,6 +117,7 @@ class Container:
     stdout: Stream
     stderr: Stream
     sync: int
+    tty: int | None
     start: int | None
     cgroup: Path | None = None
     started: bool = False
@@ -130,6 +134,15 @@ def _high(fd: int) -> int:
     copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
     os.close(fd)
     return copy
+
+
+def _recv_master(sock: socket.socket) -> int:
+    """The pty master the launcher made in the container's devpts."""
+    sock.settimeout(CREATE_TIMEOUT_S)
+    _, fds, _, _ = socket.recv_fds(sock, 64, 1)
+    if not fds:
+        raise AgentError("the launcher sent no terminal")
+    return fds[0]
 
 
 def _read_sync(fd: int, deadline: float) -> dict[str, object] | None:
@@ -194,6 +207,12 @@ class ContainerManager:
         with self.lock:
             if key in self.containers:
                 raise FailedPrecondition(f"{key} already exists")
+        terminal = config.process.terminal
+        if terminal:  # the launcher sends the container's pty master back over this
+            config = dataclasses.replace(config, fds=dataclasses.replace(
+                config.fds, console_socket=CONSOLE_FD))
+            console_parent, console_child = socket.socketpair(socket.AF_UNIX,
+                                                              socket.SOCK_STREAM)
         pipes = {name: _pipe() for name in ("stdin", "stdout", "stderr", "sync", "start",
                                             "config")}
         # Child side: stdin read end, stdout/stderr write ends, sync write end,
@@ -201,6 +220,8 @@ class ContainerManager:
         child = {0: pipes["stdin"][0], 1: pipes["stdout"][1], 2: pipes["stderr"][1],
                  SYNC_FD: pipes["sync"][1], START_FD: pipes["start"][0],
                  CONFIG_FD: pipes["config"][0]}
+        if terminal:
+            child[CONSOLE_FD] = console_child.detach()
         child = {target: _high(fd) for target, fd in child.items()}
         argv = [sys.executable, "-m", "kata_py.agent.launcher", "--config-fd", str(CONFIG_FD)]
         try:
@@ -216,18 +237,28 @@ class ContainerManager:
         with os.fdopen(pipes["config"][1], "wb") as f:
             f.write(launch_config.to_json(config).encode())
         sync = pipes["sync"][0]
+        tty = None
         try:
             container_pid = self._await_created(sync, launcher)
+            if terminal:
+                tty = _recv_master(console_parent)
         except BaseException:
             os.close(sync)
             for fd in (pipes["stdin"][1], pipes["stdout"][0], pipes["stderr"][0],
                        pipes["start"][1]):
                 os.close(fd)
             raise
+        finally:
+            if terminal:
+                console_parent.close()
+        if tty is not None:
+            # With a terminal, the pty is stdin and (merged) stdout.
+            os.close(pipes["stdout"][0])
+            pipes["stdout"] = (os.dup(tty), -1)
         c = Container(container_id, config, container_pid, launcher, pipes["stdin"][1],
                       Stream(pipes["stdout"][0], f"{container_id}-stdout"),
                       Stream(pipes["stderr"][0], f"{container_id}-stderr"),
-                      sync, pipes["start"][1],
+                      sync, tty, pipes["start"][1],
                       cgroups.cgroup_dir(config.cgroup) if config.cgroup else None)
         with self.lock:
             self.containers[container_id] = c
@@ -280,12 +311,20 @@ class ContainerManager:
 
     def write_stdin(self, container_id: str, data: bytes, exec_id: str = "") -> int:
         c = self.get(container_id, exec_id)
+        if c.tty is not None:
+            return os.write(c.tty, data)
         if c.stdin is None:
             raise FailedPrecondition(f"stdin of container {container_id} is closed")
         try:
             return os.write(c.stdin, data)
         except BrokenPipeError as exc:
             raise FailedPrecondition(f"container {container_id} no longer reads stdin") from exc
+
+    def resize_tty(self, container_id: str, rows: int, cols: int, exec_id: str = "") -> None:
+        c = self.get(container_id, exec_id)
+        if c.tty is None:
+            raise FailedPrecondition(f"{process_key(container_id, exec_id)} has no terminal")
+        fcntl.ioctl(c.tty, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def close_stdin(self, container_id: str, exec_id: str = "") -> None:
         c = self.get(container_id, exec_id)

@@ -149,6 +149,12 @@ class AgentService(pb_grpc.AgentServiceServicer):
         return _handle(context, "RemoveContainer", _void(
             lambda: self.containers.remove(request.container_id, request.exec_id)))
 
+    def TtyWinResize(self, request: pb.TtyWinResizeRequest,
+                     context: grpc.ServicerContext) -> Any:
+        return _handle(context, "TtyWinResize", _void(
+            lambda: self.containers.resize_tty(request.container_id, request.rows,
+                                               request.cols, request.exec_id)))
+
     def PauseContainer(self, request: pb.ContainerRequest,
                        context: grpc.ServicerContext) -> Any:
         return _handle(context, "PauseContainer", _void(

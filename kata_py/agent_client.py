@@ -186,6 +186,11 @@ class AgentClient:
         self._call("RemoveContainer", self.agent.RemoveContainer,
                    pb.ContainerRequest(container_id=container_id, exec_id=exec_id))
 
+    def resize_tty(self, container_id: str, rows: int, cols: int, exec_id: str = "") -> None:
+        self._call("TtyWinResize", self.agent.TtyWinResize,
+                   pb.TtyWinResizeRequest(container_id=container_id, exec_id=exec_id,
+                                          rows=rows, cols=cols))
+
     def pause_container(self, container_id: str) -> None:
         self._call("PauseContainer", self.agent.PauseContainer,
                    pb.ContainerRequest(container_id=container_id))

@@ -146,7 +146,8 @@ def features() -> None:
 @cli.command()
 @click.option("--bundle", "-b", default=".", help="path to the OCI bundle")
 @click.option("--pid-file", default=None, help="write the shim's pid here")
-@click.option("--console-socket", default=None, help="(not supported yet)")
+@click.option("--console-socket", default=None,
+              help="unix socket that receives the terminal's master (process.terminal)")
 @click.option("--no-pivot", is_flag=True, hidden=True)
 @click.option("--no-new-keyring", is_flag=True, hidden=True)
 @click.option("--preserve-fds", default=0, type=int, hidden=True)
@@ -157,15 +158,13 @@ def create(obj: Context, bundle: str, pid_file: str | None, console_socket: str 
     """Create a container: boot its VM, build it, leave its process waiting."""
     from kata_py import runtime
 
-    _refuse_unsupported(console_socket, preserve_fds)
+    _refuse_unsupported(preserve_fds)
     runtime.create(obj.root_dir, container_id, Path(bundle),
-                   Path(pid_file) if pid_file else None, obj.config_path, obj.debug)
+                   Path(pid_file) if pid_file else None, obj.config_path, obj.debug,
+                   Path(console_socket) if console_socket else None)
 
 
-def _refuse_unsupported(console_socket: str | None, preserve_fds: int) -> None:
-    if console_socket:
-        raise KataError("--console-socket is not supported by kata-py yet",
-                        "run without a terminal (process.terminal = false)")
+def _refuse_unsupported(preserve_fds: int) -> None:
     if preserve_fds:
         raise KataError("--preserve-fds is not supported by kata-py yet", "drop the flag")
 
@@ -224,7 +223,8 @@ def delete(obj: Context, force: bool, container_id: str) -> None:
 @click.option("--pid-file", default=None)
 @click.option("--detach", "-d", is_flag=True, help="do not wait for the container")
 @click.option("--keep", is_flag=True, help="do not delete the container after it exits")
-@click.option("--console-socket", default=None, hidden=True)
+@click.option("--console-socket", default=None,
+              help="unix socket that receives the terminal's master (process.terminal)")
 @click.option("--no-pivot", is_flag=True, hidden=True)
 @click.option("--no-new-keyring", is_flag=True, hidden=True)
 @click.option("--preserve-fds", default=0, type=int, hidden=True)
@@ -236,10 +236,10 @@ def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: boo
     """Create and start a container; exit with its exit code."""
     from kata_py import runtime
 
-    _refuse_unsupported(console_socket, preserve_fds)
+    _refuse_unsupported(preserve_fds)
     code = runtime.run(obj.root_dir, container_id, Path(bundle),
                        Path(pid_file) if pid_file else None, detach, keep, obj.config_path,
-                       obj.debug)
+                       obj.debug, Path(console_socket) if console_socket else None)
     sys.exit(code)
 
 
@@ -270,7 +270,7 @@ def exec(obj: Context, process_file: str | None, tty: bool, detach: bool,
     if tty or console_socket:
         raise KataError("exec with a terminal is not supported by kata-py yet",
                         "run without -t")
-    _refuse_unsupported(None, preserve_fds)
+    _refuse_unsupported(preserve_fds)
     process = None
     if process_file:
         try:

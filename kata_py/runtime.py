@@ -40,7 +40,8 @@ def _config(root: Path, config_path: str | None):  # type: ignore[no-untyped-def
 
 
 def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
-           config_path: str | None, debug: bool = False) -> int:
+           config_path: str | None, debug: bool = False,
+           console_socket: Path | None = None) -> int:
     """Create the container; returns the shim's pid once the container waits for start."""
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
@@ -48,6 +49,12 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
     bundle = bundle.resolve()
     spec = load_spec(bundle)                # bad config.json: nothing is created
     to_launch_config(spec, cid)             # refuses what the guest cannot honour
+    if spec.process.terminal and console_socket is None:
+        raise KataError("process.terminal is set but no --console-socket was given",
+                        "pass --console-socket or set process.terminal to false in config.json")
+    if console_socket is not None and not spec.process.terminal:
+        raise KataError("--console-socket was given but process.terminal is false",
+                        "set process.terminal to true in config.json or drop the flag")
     st = store(root)
     st.create(ContainerState(id=cid, bundle=str(bundle), rootfs=str(spec.root.path),
                              status="creating", created=now_rfc3339(),
@@ -59,6 +66,8 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
         argv += ["--config", config_path]
     if debug:
         argv.append("--debug")
+    if console_socket is not None:
+        argv += ["--console-socket", str(console_socket.resolve())]
     try:
         shim = subprocess.Popen(argv, pass_fds=(write_fd,), close_fds=True)
     finally:
@@ -286,9 +295,10 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
 
 
 def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,
-        keep: bool, config_path: str | None, debug: bool = False) -> int:
+        keep: bool, config_path: str | None, debug: bool = False,
+        console_socket: Path | None = None) -> int:
     """create + start (+ wait + delete); returns the container's exit status."""
-    shim_pid = create(root, cid, bundle, pid_file, config_path, debug)
+    shim_pid = create(root, cid, bundle, pid_file, config_path, debug, console_socket)
     try:
         start(root, cid, config_path)
     except BaseException:

@@ -19,22 +19,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import logging
 import os
 import signal
 import sys
+import termios
 import threading
+import tty as tty_mod
 from pathlib import Path
 from types import FrameType
 
 from kata_py.agent_client import AgentClient
 from kata_py.config import load_config
+from kata_py.console import get_winsize, open_pty, send_console, set_winsize
 from kata_py.errors import KataError
 from kata_py.hooks import run_hooks
 from kata_py.hypervisor.process import read_start_time
 from kata_py.sandbox import Sandbox
 from kata_py.sizing import vm_size
-from kata_py.spec import load_spec
+from kata_py.spec import Spec, load_spec
 from kata_py.state import ContainerState, StateStore
 from kata_py.translate import to_launch_config
 
@@ -71,9 +75,9 @@ def _pump_out(agent: AgentClient, cid: str, exec_id: str, stream: str, fd: int) 
             return
 
 
-def _pump_in(agent: AgentClient, cid: str, exec_id: str) -> None:
+def _pump_in(agent: AgentClient, cid: str, exec_id: str, fd: int = 0) -> None:
     try:
-        while data := os.read(0, 64 * 1024):
+        while data := os.read(fd, 64 * 1024):
             agent.write_stdin(cid, data, exec_id)
     except (OSError, KataError):
         pass
@@ -83,14 +87,25 @@ def _pump_in(agent: AgentClient, cid: str, exec_id: str) -> None:
         pass
 
 
-def relay(agent: AgentClient, cid: str, exec_id: str = "") -> int:
-    """Connect our stdio to a process in the guest, forward our signals to it,
-    and return its exit status once its output is drained."""
+def relay(agent: AgentClient, cid: str, exec_id: str = "", tty: int | None = None) -> int:
+    """Connect our stdio (or the host terminal `tty`) to a process in the
+    guest, forward our signals to it, and return its exit status once its
+    output is drained."""
+    out, err, inp = (tty, tty, tty) if tty is not None else (1, 2, 0)
     pumps = [threading.Thread(target=_pump_out, args=(agent, cid, exec_id, s, fd), daemon=True)
-             for s, fd in (("stdout", 1), ("stderr", 2))]
+             for s, fd in (("stdout", out), ("stderr", err))]
     for t in pumps:
         t.start()
-    threading.Thread(target=_pump_in, args=(agent, cid, exec_id), daemon=True).start()
+    threading.Thread(target=_pump_in, args=(agent, cid, exec_id, inp), daemon=True).start()
+    if tty is not None:
+        def resize(signum: int, frame: FrameType | None) -> None:
+            try:
+                agent.resize_tty(cid, *get_winsize(tty), exec_id=exec_id)
+            except KataError as exc:
+                log.info("could not resize the terminal: %s", exc)
+
+        signal.signal(signal.SIGWINCH, resize)
+        resize(signal.SIGWINCH, None)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         try:
@@ -113,8 +128,11 @@ def relay(agent: AgentClient, cid: str, exec_id: str = "") -> int:
 
 
 class Shim:
-    def __init__(self, root: Path, cid: str, config_path: str | None) -> None:
+    def __init__(self, root: Path, cid: str, config_path: str | None,
+                 console_socket: Path | None = None) -> None:
         self.cid = cid
+        self.console_socket = console_socket
+        self.tty: int | None = None
         self.cfg = load_config(config_path)
         self.cfg = self.cfg.__class__(**{**self.cfg.__dict__, "state_dir": str(root)})
         self.store = StateStore(root / "containers")
@@ -138,15 +156,35 @@ class Shim:
         me = os.getpid()
         state = state.__class__(**{**state.__dict__, "status": "created", "pid": me,
                                    "pid_start_time": read_start_time(me) or 0})
+        if spec.process.terminal:
+            self.tty = self._open_terminal(spec)
         oci = state.oci()
         run_hooks("prestart", spec.hooks.prestart, oci)
         run_hooks("createRuntime", spec.hooks.create_runtime, oci)
         self.store.save(state)
         return state
 
+    def _open_terminal(self, spec: Spec) -> int:
+        """A host pty whose master goes to the console socket (runc's protocol);
+        we keep the slave, raw (the guest's pty does the line discipline), as
+        our controlling terminal so that resizes reach us as SIGWINCH."""
+        if self.console_socket is None:
+            raise KataError("process.terminal is set but no --console-socket was given",
+                            "pass --console-socket or set process.terminal to false")
+        os.setsid()
+        pty = open_pty()
+        tty_mod.setraw(pty.slave)
+        fcntl.ioctl(pty.slave, termios.TIOCSCTTY, 0)
+        if spec.process.console_size is not None:
+            set_winsize(pty.master, spec.process.console_size.height,
+                        spec.process.console_size.width)
+        send_console(self.console_socket, pty.master, pty.name)
+        os.close(pty.master)
+        return pty.slave
+
     def serve(self) -> int:
         assert self.sandbox.agent is not None
-        code = relay(self.sandbox.agent, self.cid)
+        code = relay(self.sandbox.agent, self.cid, tty=self.tty)
         if code == AGENT_GONE_EXIT:
             return code
         with self.store.lock(self.cid):
@@ -163,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", required=True)
     parser.add_argument("--notify-fd", required=True, type=int)
     parser.add_argument("--config", default=None)
+    parser.add_argument("--console-socket", default=None, type=Path)
     parser.add_argument("--exec-id", default="",
                         help="relay an already started exec'd process (exec -d)")
     parser.add_argument("--debug", action="store_true")
@@ -173,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.exec_id:
         return _serve_exec(args.root, args.id, args.exec_id, args.config, args.notify_fd)
     try:
-        shim = Shim(args.root, args.id, args.config)
+        shim = Shim(args.root, args.id, args.config, args.console_socket)
         shim.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)

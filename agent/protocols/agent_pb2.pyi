@@ -39,6 +39,18 @@ class VersionCheckResponse(_message.Message):
     python_version: str
     def __init__(self, grpc_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ...) -> None: ...
 
+class TtyWinResizeRequest(_message.Message):
+    __slots__ = ("container_id", "exec_id", "rows", "cols")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    rows: int
+    cols: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+
 class ProcessInfo(_message.Message):
     __slots__ = ("pid", "args")
     PID_FIELD_NUMBER: _ClassVar[int]

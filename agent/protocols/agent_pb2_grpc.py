@@ -221,6 +221,11 @@ class AgentServiceStub:
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
                 response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.TtyWinResize = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/TtyWinResize',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.TtyWinResizeRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
         self.PauseContainer = channel.unary_unary(
                 '/kata_py.agent.v1.AgentService/PauseContainer',
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
@@ -331,6 +336,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TtyWinResize(self, request, context):
+        """The window size of the process's terminal (process.terminal).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseContainer(self, request, context):
         """Freeze / thaw the container's cgroup (cgroup v2 cgroup.freeze).
         """
@@ -417,6 +429,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
             'RemoveContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveContainer,
                     request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'TtyWinResize': grpc.unary_unary_rpc_method_handler(
+                    servicer.TtyWinResize,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.TtyWinResizeRequest.FromString,
                     response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
             ),
             'PauseContainer': grpc.unary_unary_rpc_method_handler(
@@ -786,6 +803,33 @@ class AgentService:
             target,
             '/kata_py.agent.v1.AgentService/RemoveContainer',
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TtyWinResize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/TtyWinResize',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.TtyWinResizeRequest.SerializeToString,
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
             options,
             channel_credentials,

@@ -271,3 +271,69 @@ def test_memory_limit_oom_kills_and_sizes_the_vm(root: Path, bundle: Callable[..
     assert b"survived" not in r.stdout
     mem_kib = int(r.stderr.split()[1])
     assert mem_kib < 320 * 1024          # VM = limit + guest overhead, not the 512 MiB default
+
+
+def test_terminal_through_the_console_socket(root: Path, bundle: Callable[..., Path],
+                                             tmp_path: Path) -> None:
+    import select
+    import socket
+    import threading
+
+    from kata_py.console import recv_console, set_winsize
+
+    b = bundle("sh")
+    config = json.loads((b / "config.json").read_text())
+    config["process"]["terminal"] = True
+    (b / "config.json").write_text(json.dumps(config))
+    sock_path = tmp_path / "console.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    got: dict[str, int] = {}
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            got["master"], _ = recv_console(conn)
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    r = kp(root, "create", "--console-socket", str(sock_path), "-b", str(b), "tty1")
+    assert r.returncode == 0, r.stderr
+    t.join(10)
+    master = got["master"]
+    set_winsize(master, 40, 100)                # the shim forwards it to the guest pty
+    assert kp(root, "start", "tty1").returncode == 0
+    time.sleep(1)
+
+    def read_until(marker: bytes, timeout_s: float = 60) -> bytes:
+        out = b""
+        deadline = time.monotonic() + timeout_s
+        while marker not in out and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    out += os.read(master, 4096)
+                except OSError:
+                    break
+        return out
+
+    os.write(master, b"tty; stty size; echo $((6*7))\n")
+    out = read_until(b"42\r\n")
+    assert b"/dev/pts/0" in out and b"40 100" in out and b"42\r\n" in out, out
+    os.write(master, b"exit 5\n")
+    deadline = time.monotonic() + 60
+    while json.loads(kp(root, "state", "tty1").stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    os.close(master)
+    listener.close()
+    assert kp(root, "delete", "tty1").returncode == 0
+
+
+def test_terminal_without_console_socket_is_refused(root: Path,
+                                                    bundle: Callable[..., Path]) -> None:
+    b = bundle("sh")
+    config = json.loads((b / "config.json").read_text())
+    config["process"]["terminal"] = True
+    (b / "config.json").write_text(json.dumps(config))
+    _one_line_error(kp(root, "create", "-b", str(b), "tty2"), b"--console-socket")
