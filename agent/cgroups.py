@@ -114,11 +114,17 @@ def _enable_controllers(root: Path, target: Path, wanted: set[str]) -> None:
         current.mkdir(exist_ok=True)
 
 
+DEFAULT_CONTROLLERS = frozenset({"memory", "cpu", "pids"})
+
+
 def create(cg: Cgroup) -> Path:
     """Create the cgroup (and parents) with the controllers its limits need."""
     path = cgroup_dir(cg)
     root = Path(cg.root)
+    # Like runc on cgroup v2: the usual controllers for every container, so
+    # that stats work and `update` can set limits the spec did not have.
     wanted = {name.split(".", 1)[0] for name in resource_files(cg.resources)}
+    wanted |= DEFAULT_CONTROLLERS
     _enable_controllers(root, path, wanted)
     path.mkdir(parents=True, exist_ok=True)
     return path

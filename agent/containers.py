@@ -341,6 +341,16 @@ class ContainerManager:
             raise FailedPrecondition(f"container {container_id} is not running")
         return c.cgroup
 
+    def update(self, container_id: str, resources_json: bytes) -> None:
+        try:
+            resources = launch_config.resources_from_json(resources_json)
+        except launch_config.LaunchConfigError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        cgroups.apply(self._cgroup(container_id), resources)
+
+    def stats(self, container_id: str) -> cgroups.CgroupStats:
+        return cgroups.stats(self._cgroup(container_id))
+
     def pause(self, container_id: str) -> None:
         cgroups.freeze(self._cgroup(container_id))
 

@@ -195,6 +195,15 @@ def from_json(text: str | bytes) -> LaunchConfig:
 T = TypeVar("T")
 
 
+def resources_from_json(text: str | bytes) -> Resources:
+    """A Resources object alone (UpdateContainer), decoded as strictly."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise LaunchConfigError(f"resources: not JSON ({exc})") from exc
+    return _decode(Resources, raw, "resources")
+
+
 def _decode(cls: type[T], raw: Any, path: str) -> T:
     if not isinstance(raw, dict):
         raise LaunchConfigError(f"{path or '<root>'}: expected an object")

@@ -155,6 +155,24 @@ class AgentService(pb_grpc.AgentServiceServicer):
             lambda: self.containers.resize_tty(request.container_id, request.rows,
                                                request.cols, request.exec_id)))
 
+    def UpdateContainer(self, request: pb.UpdateContainerRequest,
+                        context: grpc.ServicerContext) -> Any:
+        return _handle(context, "UpdateContainer", _void(
+            lambda: self.containers.update(request.container_id, request.resources_json)))
+
+    def StatsContainer(self, request: pb.ContainerRequest,
+                       context: grpc.ServicerContext) -> Any:
+        def do() -> pb.StatsContainerResponse:
+            st = self.containers.stats(request.container_id)
+
+            def v(x: int | None) -> int:
+                return -1 if x is None else x
+            return pb.StatsContainerResponse(
+                memory_current_bytes=v(st.memory_current), oom_kills=v(st.oom_kills),
+                cpu_usage_usec=v(st.cpu_usage_usec), cpu_user_usec=v(st.cpu_user_usec),
+                cpu_system_usec=v(st.cpu_system_usec), pids_current=v(st.pids_current))
+        return _handle(context, "StatsContainer", do)
+
     def PauseContainer(self, request: pb.ContainerRequest,
                        context: grpc.ServicerContext) -> Any:
         return _handle(context, "PauseContainer", _void(

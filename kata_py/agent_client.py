@@ -191,6 +191,19 @@ class AgentClient:
                    pb.TtyWinResizeRequest(container_id=container_id, exec_id=exec_id,
                                           rows=rows, cols=cols))
 
+    def update_container(self, container_id: str, resources_json: bytes) -> None:
+        self._call("UpdateContainer", self.agent.UpdateContainer,
+                   pb.UpdateContainerRequest(container_id=container_id,
+                                             resources_json=resources_json))
+
+    def stats(self, container_id: str) -> dict[str, int | None]:
+        """cgroup usage in the guest; None where the controller is off."""
+        r = self._call("StatsContainer", self.agent.StatsContainer,
+                       pb.ContainerRequest(container_id=container_id))
+        fields = ("memory_current_bytes", "oom_kills", "cpu_usage_usec", "cpu_user_usec",
+                  "cpu_system_usec", "pids_current")
+        return {f: (None if getattr(r, f) < 0 else int(getattr(r, f))) for f in fields}
+
     def pause_container(self, container_id: str) -> None:
         self._call("PauseContainer", self.agent.PauseContainer,
                    pb.ContainerRequest(container_id=container_id))

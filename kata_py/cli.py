@@ -323,6 +323,84 @@ def ps(obj: Context, fmt: str, container_id: str) -> None:
         click.echo(f"{pid:>7}  {' '.join(args)}")
 
 
+def _bytes(value: str | None) -> int | None:
+    """A size as runc takes it: bytes, or with a k/m/g suffix; -1 for unlimited."""
+    if value is None:
+        return None
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = value.strip().lower().rstrip("b")
+    scale = units.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    try:
+        return int(digits) * scale if digits != "-1" else -1
+    except ValueError:
+        raise KataError(f"invalid size {value!r}", "use bytes or a k/m/g suffix") from None
+
+
+@cli.command()
+@click.option("--resources", "-r", default=None,
+              help="file with OCI linux.resources JSON ('-' for stdin)")
+@click.option("--memory", default=None, help="memory limit (bytes, k/m/g)")
+@click.option("--memory-reservation", default=None)
+@click.option("--memory-swap", default=None, help="memory + swap limit")
+@click.option("--cpu-shares", type=int, default=None)
+@click.option("--cpu-quota", type=int, default=None)
+@click.option("--cpu-period", type=int, default=None)
+@click.option("--cpuset-cpus", default=None)
+@click.option("--cpuset-mems", default=None)
+@click.option("--pids-limit", type=int, default=None)
+@click.argument("container_id")
+@click.pass_obj
+def update(obj: Context, resources: str | None, memory: str | None,
+           memory_reservation: str | None, memory_swap: str | None, cpu_shares: int | None,
+           cpu_quota: int | None, cpu_period: int | None, cpuset_cpus: str | None,
+           cpuset_mems: str | None, pids_limit: int | None, container_id: str) -> None:
+    """Change a container's resource limits (its cgroup in the guest)."""
+    import json
+
+    from kata_py import runtime
+
+    changes: dict[str, object] = {}
+    if resources:
+        try:
+            text = sys.stdin.read() if resources == "-" else Path(resources).read_text()
+            changes.update(runtime.resources_update(json.loads(text)))
+        except (OSError, ValueError) as exc:
+            raise KataError(f"cannot read --resources {resources}: {exc}",
+                            "give OCI linux.resources JSON") from exc
+    flags = {"memory_limit": _bytes(memory), "memory_reservation": _bytes(memory_reservation),
+             "memory_swap": _bytes(memory_swap), "cpu_shares": cpu_shares,
+             "cpu_quota": cpu_quota, "cpu_period": cpu_period, "cpuset_cpus": cpuset_cpus,
+             "cpuset_mems": cpuset_mems, "pids_limit": pids_limit}
+    changes.update({k: v for k, v in flags.items() if v is not None})
+    runtime.update(obj.root_dir, container_id, changes, obj.config_path)
+
+
+@cli.command()
+@click.option("--stats", is_flag=True, help="print the statistics once and exit")
+@click.option("--interval", default="5s", help="time between statistics (e.g. 5s, 500ms)")
+@click.argument("container_id")
+@click.pass_obj
+def events(obj: Context, stats: bool, interval: str, container_id: str) -> None:
+    """Print container statistics as JSON lines."""
+    import json
+    import time
+
+    from kata_py import runtime
+
+    text = interval.strip()
+    try:
+        seconds = float(text[:-2]) / 1000 if text.endswith("ms") else float(text.rstrip("s"))
+    except ValueError:
+        raise KataError(f"invalid --interval {interval!r}", "use e.g. 5s or 500ms") from None
+    while True:
+        data = runtime.stats(obj.root_dir, container_id, obj.config_path)
+        click.echo(json.dumps({"type": "stats", "id": container_id, "data": data}))
+        if stats:
+            return
+        time.sleep(seconds)
+
+
 @cli.command(name="list")
 @click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--quiet", "-q", is_flag=True, help="only ids")

@@ -221,6 +221,63 @@ def _write_pid_file(pid_file: Path, pid: int) -> None:
     os.replace(tmp, pid_file)
 
 
+RESOURCE_FIELDS = {   # OCI linux.resources path -> launch_config.Resources field
+    ("memory", "limit"): "memory_limit", ("memory", "reservation"): "memory_reservation",
+    ("memory", "swap"): "memory_swap", ("cpu", "shares"): "cpu_shares",
+    ("cpu", "quota"): "cpu_quota", ("cpu", "period"): "cpu_period",
+    ("cpu", "cpus"): "cpuset_cpus", ("cpu", "mems"): "cpuset_mems",
+    ("pids", "limit"): "pids_limit",
+}
+
+
+def resources_update(oci: dict[str, Any]) -> dict[str, Any]:
+    """OCI linux.resources JSON (runc update --resources) → the guest's fields."""
+    out: dict[str, Any] = {}
+    for (group, key), field_name in RESOURCE_FIELDS.items():
+        section = oci.get(group) or {}
+        if not isinstance(section, dict):
+            raise KataError(f"resources.{group} must be an object", "fix the resources JSON")
+        if key in section and section[key] is not None:
+            value = section[key]
+            want = str if field_name.startswith("cpuset") else int
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise KataError(f"resources.{group}.{key} must be a {want.__name__}",
+                                "fix the resources JSON")
+            out[field_name] = value
+    return out
+
+
+def update(root: Path, cid: str, changes: dict[str, Any], config_path: str | None) -> None:
+    """Change the container's cgroup limits in the guest (the VM keeps its size)."""
+    import json
+
+    state = store(root).load(cid)
+    if state.status not in ("created", "running", "paused"):
+        raise StateError(f"container {cid} is {state.status}", "only a live container can be "
+                         "updated")
+    if not changes:
+        raise KataError("nothing to update", "give --resources or a resource flag")
+    _agent(root, cid, config_path).update_container(cid, json.dumps(changes).encode())
+
+
+def stats(root: Path, cid: str, config_path: str | None) -> dict[str, Any]:
+    """runc's `events --stats` data shape, from the guest cgroup."""
+    state = store(root).load(cid)
+    if state.status not in ("created", "running", "paused"):
+        raise StateError(f"container {cid} is {state.status}", "it has no statistics")
+    raw = _agent(root, cid, config_path).stats(cid)
+    usec_to_ns = 1000
+
+    def ns(value: int | None) -> int | None:
+        return None if value is None else value * usec_to_ns
+    return {"cpu": {"usage": {"total": ns(raw["cpu_usage_usec"]),
+                              "user": ns(raw["cpu_user_usec"]),
+                              "kernel": ns(raw["cpu_system_usec"])}},
+            "memory": {"usage": {"usage": raw["memory_current_bytes"]},
+                       "oom_kill": raw["oom_kills"]},
+            "pids": {"current": raw["pids_current"]}}
+
+
 def pause(root: Path, cid: str, config_path: str | None) -> None:
     _set_frozen(root, cid, config_path, frozen=True)
 

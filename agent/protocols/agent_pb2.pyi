@@ -39,6 +39,30 @@ class VersionCheckResponse(_message.Message):
     python_version: str
     def __init__(self, grpc_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ...) -> None: ...
 
+class UpdateContainerRequest(_message.Message):
+    __slots__ = ("container_id", "resources_json")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_JSON_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    resources_json: bytes
+    def __init__(self, container_id: _Optional[str] = ..., resources_json: _Optional[bytes] = ...) -> None: ...
+
+class StatsContainerResponse(_message.Message):
+    __slots__ = ("memory_current_bytes", "oom_kills", "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "pids_current")
+    MEMORY_CURRENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    CPU_USAGE_USEC_FIELD_NUMBER: _ClassVar[int]
+    CPU_USER_USEC_FIELD_NUMBER: _ClassVar[int]
+    CPU_SYSTEM_USEC_FIELD_NUMBER: _ClassVar[int]
+    PIDS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    memory_current_bytes: int
+    oom_kills: int
+    cpu_usage_usec: int
+    cpu_user_usec: int
+    cpu_system_usec: int
+    pids_current: int
+    def __init__(self, memory_current_bytes: _Optional[int] = ..., oom_kills: _Optional[int] = ..., cpu_usage_usec: _Optional[int] = ..., cpu_user_usec: _Optional[int] = ..., cpu_system_usec: _Optional[int] = ..., pids_current: _Optional[int] = ...) -> None: ...
+
 class TtyWinResizeRequest(_message.Message):
     __slots__ = ("container_id", "exec_id", "rows", "cols")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

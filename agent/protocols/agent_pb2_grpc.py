@@ -226,6 +226,16 @@ class AgentServiceStub:
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.TtyWinResizeRequest.SerializeToString,
                 response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.UpdateContainer = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/UpdateContainer',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.StatsContainer = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/StatsContainer',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.StatsContainerResponse.FromString,
+                _registered_method=True)
         self.PauseContainer = channel.unary_unary(
                 '/kata_py.agent.v1.AgentService/PauseContainer',
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
@@ -343,6 +353,20 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateContainer(self, request, context):
+        """Change the container's cgroup limits (runc update).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatsContainer(self, request, context):
+        """Usage figures from the container's cgroup (runc events --stats).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseContainer(self, request, context):
         """Freeze / thaw the container's cgroup (cgroup v2 cgroup.freeze).
         """
@@ -435,6 +459,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.TtyWinResize,
                     request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.TtyWinResizeRequest.FromString,
                     response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'UpdateContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContainer,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.UpdateContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'StatsContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatsContainer,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.StatsContainerResponse.SerializeToString,
             ),
             'PauseContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseContainer,
@@ -831,6 +865,60 @@ class AgentService:
             '/kata_py.agent.v1.AgentService/TtyWinResize',
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.TtyWinResizeRequest.SerializeToString,
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/UpdateContainer',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatsContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/StatsContainer',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.StatsContainerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -337,3 +337,24 @@ def test_terminal_without_console_socket_is_refused(root: Path,
     config["process"]["terminal"] = True
     (b / "config.json").write_text(json.dumps(config))
     _one_line_error(kp(root, "create", "-b", str(b), "tty2"), b"--console-socket")
+
+
+def test_events_stats_and_update_reach_the_guest_cgroup(root: Path,
+                                                        bundle: Callable[..., Path]) -> None:
+    b = bundle("sleep", "600")
+    assert kp(root, "run", "-d", "-b", str(b), "ev").returncode == 0
+    r = kp(root, "events", "--stats", "ev")
+    assert r.returncode == 0, r.stderr
+    event = json.loads(r.stdout)
+    assert event["type"] == "stats" and event["id"] == "ev"
+    assert event["data"]["memory"]["usage"]["usage"] > 0
+    assert event["data"]["pids"]["current"] >= 1
+    assert kp(root, "update", "--pids-limit", "2", "ev").returncode == 0
+    starved = kp(root, "exec", "ev", "sh", "-c", "sleep 1 & sleep 1 & wait; echo ok")
+    assert starved.returncode != 0 and b"ok" not in starved.stdout
+    assert kp(root, "update", "--resources", "-", "ev",
+              stdin=b'{"pids": {"limit": 100}}').returncode == 0
+    assert kp(root, "exec", "ev", "sh", "-c", "sleep 1 & sleep 1 & wait; echo ok").stdout \
+        == b"ok\n"
+    _one_line_error(kp(root, "update", "--memory", "12x", "ev"), b"invalid size")
+    assert kp(root, "delete", "--force", "ev").returncode == 0
