@@ -305,8 +305,14 @@ class ContainerManager:
         c = self.get(container_id, exec_id)
         if c.launcher.code is not None:
             raise FailedPrecondition(f"container {container_id} is not running")
-        # all: the container's init holds every other process in its pid
-        # namespace, so SIGKILL to it ends them all; otherwise signal init.
+        if all_processes and c.cgroup is not None and not exec_id:
+            # runc kill --all: every process in the container's cgroup
+            for line in (c.cgroup / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(line), signum)
+                except ProcessLookupError:
+                    pass
+            return
         os.kill(c.pid, signum)
 
     def write_stdin(self, container_id: str, data: bytes, exec_id: str = "") -> int:
