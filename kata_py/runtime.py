@@ -59,28 +59,19 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
     st.create(ContainerState(id=cid, bundle=str(bundle), rootfs=str(spec.root.path),
                              status="creating", created=now_rfc3339(),
                              annotations=dict(spec.annotations), sandbox_id=cid))
-    read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "kata_py.shim", "--root", str(root), "--id", cid,
-            "--notify-fd", str(write_fd)]
-    if config_path:
-        argv += ["--config", config_path]
-    if debug:
-        argv.append("--debug")
+    extra = ["--debug"] if debug else []
     if console_socket is not None:
-        argv += ["--console-socket", str(console_socket.resolve())]
-    try:
-        shim = subprocess.Popen(argv, pass_fds=(write_fd,), close_fds=True)
-    finally:
-        os.close(write_fd)
-    line = _read_notify(read_fd, CREATE_TIMEOUT_S)
+        extra += ["--console-socket", str(console_socket.resolve())]
+    shim, line = _spawn_shim(root, cid, config_path, *extra)
     if not line.startswith("ok"):
         if shim.poll() is None:
             shim.kill()
-        shim.wait()
+        status = shim.wait()
         destroy(root, cid, config_path)
-        raise KataError(line[len("error "):] if line.startswith("error ") else
-                        f"container {cid}: the shim died while creating it",
-                        "" if line.startswith("error ") else f"see {root}/containers/{cid}")
+        if line.startswith("error "):
+            raise KataError(line[len("error "):])
+        raise KataError(f"container {cid}: the shim died while creating it (exit status "
+                        f"{status})", "rerun with --debug; this is a kata-py bug")
     if pid_file is not None:
         _write_pid_file(pid_file, shim.pid)
     # The shim outlives us; the caller's subreaper (conmon) inherits it.
@@ -199,20 +190,26 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
 
 
 def _spawn_exec_shim(root: Path, cid: str, exec_id: str, config_path: str | None) -> int:
+    shim, line = _spawn_shim(root, cid, config_path, "--exec-id", exec_id)
+    if not line.startswith("ok"):
+        raise KataError(f"exec in container {cid}: {line or 'the exec shim died'}")
+    shim.returncode = 0  # it outlives us
+    return shim.pid
+
+
+def _spawn_shim(root: Path, cid: str, config_path: str | None,
+                *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a shim with our stdio and return it with its first notify line."""
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", "kata_py.shim", "--root", str(root), "--id", cid,
-            "--exec-id", exec_id, "--notify-fd", str(write_fd)]
+            "--notify-fd", str(write_fd), *extra]
     if config_path:
         argv += ["--config", config_path]
     try:
         shim = subprocess.Popen(argv, pass_fds=(write_fd,), close_fds=True)
     finally:
         os.close(write_fd)
-    line = _read_notify(read_fd, CREATE_TIMEOUT_S)
-    if not line.startswith("ok"):
-        raise KataError(f"exec in container {cid}: {line or 'the exec shim died'}")
-    shim.returncode = 0  # it outlives us
-    return shim.pid
+    return shim, _read_notify(read_fd, CREATE_TIMEOUT_S)
 
 
 def _write_pid_file(pid_file: Path, pid: int) -> None:
