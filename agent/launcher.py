@@ -484,6 +484,8 @@ def build_container(config: LaunchConfig, reporter: Reporter, pid_pipe: int | No
         set_names(config)
         write_sysctls(config)
         finish_rootfs(config)
+    else:
+        setup_console(config)  # exec -t: a pty from the joined container's devpts
     if process.umask is not None:
         os.umask(process.umask)
     cwd_done = change_cwd(process.cwd)

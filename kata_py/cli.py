@@ -247,10 +247,12 @@ def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: boo
                                "allow_interspersed_args": False})
 @click.option("--process", "-p", "process_file", default=None,
               help="JSON file with an OCI process object")
-@click.option("--tty", "-t", is_flag=True, help="(not supported yet)")
+@click.option("--tty", "-t", is_flag=True,
+              help="give the process a terminal (with -d and --console-socket)")
 @click.option("--detach", "-d", is_flag=True, help="do not wait for the process")
 @click.option("--pid-file", default=None)
-@click.option("--console-socket", default=None, hidden=True)
+@click.option("--console-socket", default=None,
+              help="unix socket that receives the terminal's master")
 @click.option("--cwd", default=None, help="working directory in the container")
 @click.option("--env", "-e", multiple=True, help="KEY=VALUE, repeatable")
 @click.option("--user", "-u", default=None, help="uid[:gid]")
@@ -267,9 +269,6 @@ def exec(obj: Context, process_file: str | None, tty: bool, detach: bool,
 
     from kata_py import runtime
 
-    if tty or console_socket:
-        raise KataError("exec with a terminal is not supported by kata-py yet",
-                        "run without -t")
     _refuse_unsupported(preserve_fds)
     process = None
     if process_file:
@@ -280,7 +279,8 @@ def exec(obj: Context, process_file: str | None, tty: bool, detach: bool,
                             "give a JSON file with an OCI process object") from exc
     code = runtime.exec_process(obj.root_dir, container_id, process, list(command), list(env),
                                 cwd, user, detach, Path(pid_file) if pid_file else None,
-                                obj.config_path)
+                                obj.config_path, tty,
+                                Path(console_socket) if console_socket else None)
     sys.exit(code)
 
 

@@ -132,7 +132,8 @@ def kill(root: Path, cid: str, signum: int, all_processes: bool,
 
 def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
                  args: list[str], env: list[str], cwd: str | None, user: str | None,
-                 detach: bool, pid_file: Path | None, config_path: str | None) -> int:
+                 detach: bool, pid_file: Path | None, config_path: str | None,
+                 tty: bool = False, console_socket: Path | None = None) -> int:
     """Run a process in a running container; returns its exit status (0 with detach)."""
     import secrets
 
@@ -154,7 +155,7 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
         if not args:
             raise StateError("exec needs a command", "give the command after the id, "
                              "or --process FILE")
-        process = dataclasses.replace(spec.process, args=tuple(args), terminal=False)
+        process = dataclasses.replace(spec.process, args=tuple(args), terminal=tty)
     if env:
         keys = {e.split("=", 1)[0] for e in env}
         process = dataclasses.replace(process, env=tuple(
@@ -167,13 +168,16 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
             raise StateError(f"invalid --user {user!r}", "use uid[:gid] in numbers")
         process = dataclasses.replace(process, user=dataclasses.replace(
             process.user, uid=int(uid), gid=int(gid) if gid else process.user.gid))
+    if process.terminal and not (detach and console_socket is not None):
+        raise KataError("exec with a terminal needs --detach and --console-socket",
+                        "pass both (as conmon does), or run without -t")
     exec_id = secrets.token_hex(6)
     config = lc.LaunchConfig(container_id=cid, rootfs="/", process=launch_process(process),
                              fds=lc.Fds(sync=3, start=4))
     agent = _agent(root, cid, config_path)
     agent.exec_process(cid, exec_id, lc.to_json(config).encode())
     if detach:
-        shim_pid = _spawn_exec_shim(root, cid, exec_id, config_path)
+        shim_pid = _spawn_exec_shim(root, cid, exec_id, config_path, console_socket)
         if pid_file is not None:
             _write_pid_file(pid_file, shim_pid)
         return 0
@@ -189,8 +193,12 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     return code
 
 
-def _spawn_exec_shim(root: Path, cid: str, exec_id: str, config_path: str | None) -> int:
-    shim, line = _spawn_shim(root, cid, config_path, "--exec-id", exec_id)
+def _spawn_exec_shim(root: Path, cid: str, exec_id: str, config_path: str | None,
+                     console_socket: Path | None = None) -> int:
+    extra = ["--exec-id", exec_id]
+    if console_socket is not None:
+        extra += ["--console-socket", str(console_socket.resolve())]
+    shim, line = _spawn_shim(root, cid, config_path, *extra)
     if not line.startswith("ok"):
         raise KataError(f"exec in container {cid}: {line or 'the exec shim died'}")
     shim.returncode = 0  # it outlives us

@@ -127,6 +127,21 @@ def relay(agent: AgentClient, cid: str, exec_id: str = "", tty: int | None = Non
     return code
 
 
+def open_terminal(console_socket: Path, size: tuple[int, int] | None = None) -> int:
+    """A host pty whose master goes to the console socket (runc's protocol);
+    we keep the slave, raw (the guest's pty does the line discipline), as our
+    controlling terminal so that resizes reach us as SIGWINCH."""
+    os.setsid()
+    pty = open_pty()
+    tty_mod.setraw(pty.slave)
+    fcntl.ioctl(pty.slave, termios.TIOCSCTTY, 0)
+    if size is not None:
+        set_winsize(pty.master, *size)
+    send_console(console_socket, pty.master, pty.name)
+    os.close(pty.master)
+    return pty.slave
+
+
 class Shim:
     def __init__(self, root: Path, cid: str, config_path: str | None,
                  console_socket: Path | None = None) -> None:
@@ -165,22 +180,12 @@ class Shim:
         return state
 
     def _open_terminal(self, spec: Spec) -> int:
-        """A host pty whose master goes to the console socket (runc's protocol);
-        we keep the slave, raw (the guest's pty does the line discipline), as
-        our controlling terminal so that resizes reach us as SIGWINCH."""
         if self.console_socket is None:
             raise KataError("process.terminal is set but no --console-socket was given",
                             "pass --console-socket or set process.terminal to false")
-        os.setsid()
-        pty = open_pty()
-        tty_mod.setraw(pty.slave)
-        fcntl.ioctl(pty.slave, termios.TIOCSCTTY, 0)
-        if spec.process.console_size is not None:
-            set_winsize(pty.master, spec.process.console_size.height,
-                        spec.process.console_size.width)
-        send_console(self.console_socket, pty.master, pty.name)
-        os.close(pty.master)
-        return pty.slave
+        size = spec.process.console_size
+        return open_terminal(self.console_socket,
+                             (size.height, size.width) if size is not None else None)
 
     def serve(self) -> int:
         assert self.sandbox.agent is not None
@@ -210,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(filename=log_path, level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     if args.exec_id:
-        return _serve_exec(args.root, args.id, args.exec_id, args.config, args.notify_fd)
+        return _serve_exec(args.root, args.id, args.exec_id, args.config, args.notify_fd,
+                           args.console_socket)
     try:
         shim = Shim(args.root, args.id, args.config, args.console_socket)
         shim.setup()
@@ -229,13 +235,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_exec(root: Path, cid: str, exec_id: str, config_path: str | None,
-                notify_fd: int) -> int:
-    """exec -d: relay the exec'd process for as long as it lives."""
+                notify_fd: int, console_socket: Path | None) -> int:
+    """exec -d: relay the exec'd process (through a terminal with
+    --console-socket) for as long as it lives."""
     cfg = load_config(config_path)
     sandbox = Sandbox.load(cid, cfg.__class__(**{**cfg.__dict__, "state_dir": str(root)}))
     assert sandbox.agent is not None
+    try:
+        tty = open_terminal(console_socket) if console_socket is not None else None
+    except KataError as exc:
+        _notify(notify_fd, f"error {exc}")
+        return 1
     _notify(notify_fd, f"ok {os.getpid()}")
-    code = relay(sandbox.agent, cid, exec_id)
+    code = relay(sandbox.agent, cid, exec_id, tty=tty)
     try:
         sandbox.agent.remove_container(cid, exec_id)
     except KataError:

@@ -358,3 +358,44 @@ def test_events_stats_and_update_reach_the_guest_cgroup(root: Path,
         == b"ok\n"
     _one_line_error(kp(root, "update", "--memory", "12x", "ev"), b"invalid size")
     assert kp(root, "delete", "--force", "ev").returncode == 0
+
+
+def test_exec_with_a_terminal_through_the_console_socket(
+        root: Path, bundle: Callable[..., Path], tmp_path: Path) -> None:
+    import select
+    import socket
+    import threading
+
+    from kata_py.console import recv_console
+
+    b = bundle("sleep", "600")
+    assert kp(root, "run", "-d", "-b", str(b), "xt").returncode == 0
+    _one_line_error(kp(root, "exec", "-t", "xt", "sh"), b"--detach and --console-socket")
+    sock_path = tmp_path / "exec-console.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    got: dict[str, int] = {}
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            got["master"], _ = recv_console(conn)
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    r = kp(root, "exec", "-d", "-t", "--console-socket", str(sock_path), "xt", "sh")
+    assert r.returncode == 0, r.stderr
+    t.join(10)
+    master = got["master"]
+    os.write(master, b"tty; echo $((6*7))\n")
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"42\r\n" not in out and time.monotonic() < deadline:
+        if select.select([master], [], [], 1)[0]:
+            out += os.read(master, 4096)
+    assert b"/dev/pts/" in out and b"42\r\n" in out, out
+    os.write(master, b"exit\n")
+    os.close(master)
+    listener.close()
+    assert kp(root, "delete", "--force", "xt").returncode == 0
