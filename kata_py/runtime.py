@@ -135,6 +135,7 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
                  detach: bool, pid_file: Path | None, config_path: str | None,
                  tty: bool = False, console_socket: Path | None = None) -> int:
     """Run a process in a running container; returns its exit status (0 with detach)."""
+    import json
     import secrets
 
     from kata_py.agent import launch_config as lc
@@ -178,6 +179,10 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     agent.exec_process(cid, exec_id, lc.to_json(config).encode())
     if detach:
         shim_pid = _spawn_exec_shim(root, cid, exec_id, config_path, console_socket)
+        # destroy() ends it with the container (see there)
+        ref = ProcessRef.of(shim_pid, f"exec shim {exec_id}")
+        (root / "containers" / cid / f"exec-{exec_id}.json").write_text(
+            json.dumps(ref.to_json()))
         if pid_file is not None:
             _write_pid_file(pid_file, shim_pid)
         return 0
@@ -332,6 +337,7 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
         state: ContainerState | None = st.load(cid)
     except KataError:
         state = None
+    shims = _shims(root, cid, state)
     sandbox_dir = Path(cfg.state_dir) / "vm" / cid
     if sandbox_dir.exists():
         try:
@@ -339,10 +345,11 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
         except KataError:
             sb = Sandbox(cid, cfg)
         sb.stop()
-    if state is not None and state.pid:
-        shim = ProcessRef(state.pid, state.pid_start_time, "shim")
-        if not shim.wait(SHIM_EXIT_WAIT_S):
-            shim.stop()
+    # With the VM gone, a shim still alive has nothing left to relay: end it
+    # now rather than let it wait out an RPC deadline (its status: killed).
+    for shim in shims:
+        if shim.signal(signal.SIGKILL) and not shim.wait(SHIM_EXIT_WAIT_S):
+            log.error("%s (pid %d) survived SIGKILL", shim.name, shim.pid)
     if run_poststop and state is not None:
         try:
             from kata_py.hooks import run_hooks
@@ -354,6 +361,22 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
             log.warning("poststop hooks of %s: %s", cid, exc)
     if (root / "containers" / cid).exists():
         st.remove(cid)
+
+
+def _shims(root: Path, cid: str, state: ContainerState | None) -> list[ProcessRef]:
+    """The container's shim and its exec shims (exec -d), as recorded."""
+    import json
+
+    found = []
+    if state is not None and state.pid:
+        found.append(ProcessRef(state.pid, state.pid_start_time, "shim"))
+    directory = root / "containers" / cid
+    for path in sorted(directory.glob("exec-*.json")) if directory.exists() else ():
+        try:
+            found.append(ProcessRef.from_json(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
 
 
 def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,
