@@ -149,9 +149,9 @@ class Shim:
         self.console_socket = console_socket
         self.tty: int | None = None
         self.cfg = load_config(config_path)
-        self.cfg = self.cfg.__class__(**{**self.cfg.__dict__, "state_dir": str(root)})
+        self.cfg = dataclasses.replace(self.cfg, state_dir=str(root))
         self.store = StateStore(root / "containers")
-        self.sandbox = Sandbox(cid, self.cfg)
+        self.sandbox: Sandbox | None = None     # sized from the spec in setup()
 
     def setup(self) -> ContainerState:
         state = self.store.load(self.cid)
@@ -169,8 +169,8 @@ class Shim:
 
         self.sandbox.agent.create_container(self.cid, launch_config.to_json(launch).encode())
         me = os.getpid()
-        state = state.__class__(**{**state.__dict__, "status": "created", "pid": me,
-                                   "pid_start_time": read_start_time(me) or 0})
+        state = dataclasses.replace(state, status="created", pid=me,
+                                    pid_start_time=read_start_time(me) or 0)
         if spec.process.terminal:
             self.tty = self._open_terminal(spec)
         oci = state.oci()
@@ -188,14 +188,13 @@ class Shim:
                              (size.height, size.width) if size is not None else None)
 
     def serve(self) -> int:
-        assert self.sandbox.agent is not None
+        assert self.sandbox is not None and self.sandbox.agent is not None
         code = relay(self.sandbox.agent, self.cid, tty=self.tty)
         if code == AGENT_GONE_EXIT:
             return code
         with self.store.lock(self.cid):
             state = self.store.load(self.cid)
-            self.store.save(state.__class__(**{**state.__dict__, "status": "stopped",
-                                               "exit_code": code}))
+            self.store.save(dataclasses.replace(state, status="stopped", exit_code=code))
         log.info("container %s exited with %d", self.cid, code)
         return code
 
@@ -239,7 +238,7 @@ def _serve_exec(root: Path, cid: str, exec_id: str, config_path: str | None,
     """exec -d: relay the exec'd process (through a terminal with
     --console-socket) for as long as it lives."""
     cfg = load_config(config_path)
-    sandbox = Sandbox.load(cid, cfg.__class__(**{**cfg.__dict__, "state_dir": str(root)}))
+    sandbox = Sandbox.load(cid, dataclasses.replace(cfg, state_dir=str(root)))
     assert sandbox.agent is not None
     try:
         tty = open_terminal(console_socket) if console_socket is not None else None

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qemu-system-x86 qemu-system-common python3 python3-venv python3-dev
+APT_PACKAGES=(ca-certificates qemu-system-x86 qemu-system-common python3 python3-venv python3-dev
               busybox-static cpio e2fsprogs binutils file zstd lz4 xz-utils iproute2 procps)
 
 step() { printf '==> %s\n' "$*"; }

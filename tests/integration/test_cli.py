@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from kata_py.console import recv_console, set_winsize
 from kata_py.spec_default import default_spec
 
 from .conftest import leftovers
@@ -144,6 +148,44 @@ def _one_line_error(r: subprocess.CompletedProcess[bytes], *needles: bytes) -> N
     assert r.stderr.count(b"\n") == 1 and r.stderr.startswith(b"kata-py: "), r.stderr
     for needle in needles:
         assert needle in r.stderr, r.stderr
+
+
+class ConsoleSocket:
+    """What conmon does with --console-socket: listen and take the pty master."""
+
+    def __init__(self, path: Path) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(1)
+        self._got: list[int] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            self._got.append(recv_console(conn)[0])
+
+    def master(self, timeout_s: float = 10) -> int:
+        self._thread.join(timeout_s)
+        assert self._got, "no terminal arrived on the console socket"
+        return self._got[0]
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _read_until(master: int, marker: bytes, timeout_s: float = 60) -> bytes:
+    """Read the terminal until marker shows up (or the time is up)."""
+    out = b""
+    deadline = time.monotonic() + timeout_s
+    while marker not in out and time.monotonic() < deadline:
+        if select.select([master], [], [], 1)[0]:
+            try:
+                out += os.read(master, 4096)
+            except OSError:
+                break
+    return out
 
 
 def test_bad_bundles_fail_with_one_line_and_leave_nothing(root: Path,
@@ -275,50 +317,21 @@ def test_memory_limit_oom_kills_and_sizes_the_vm(root: Path, bundle: Callable[..
 
 def test_terminal_through_the_console_socket(root: Path, bundle: Callable[..., Path],
                                              tmp_path: Path) -> None:
-    import select
-    import socket
-    import threading
-
-    from kata_py.console import recv_console, set_winsize
-
     b = bundle("sh")
     config = json.loads((b / "config.json").read_text())
     config["process"]["terminal"] = True
     (b / "config.json").write_text(json.dumps(config))
     sock_path = tmp_path / "console.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock_path))
-    listener.listen(1)
-    got: dict[str, int] = {}
-
-    def accept() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            got["master"], _ = recv_console(conn)
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
+    console = ConsoleSocket(sock_path)
     r = kp(root, "create", "--console-socket", str(sock_path), "-b", str(b), "tty1")
     assert r.returncode == 0, r.stderr
-    t.join(10)
-    master = got["master"]
+    master = console.master()
     set_winsize(master, 40, 100)                # the shim forwards it to the guest pty
     assert kp(root, "start", "tty1").returncode == 0
     time.sleep(1)
 
-    def read_until(marker: bytes, timeout_s: float = 60) -> bytes:
-        out = b""
-        deadline = time.monotonic() + timeout_s
-        while marker not in out and time.monotonic() < deadline:
-            if select.select([master], [], [], 1)[0]:
-                try:
-                    out += os.read(master, 4096)
-                except OSError:
-                    break
-        return out
-
     os.write(master, b"tty; stty size; echo $((6*7))\n")
-    out = read_until(b"42\r\n")
+    out = _read_until(master, b"42\r\n")
     assert b"/dev/pts/0" in out and b"40 100" in out and b"42\r\n" in out, out
     os.write(master, b"exit 5\n")
     deadline = time.monotonic() + 60
@@ -326,7 +339,7 @@ def test_terminal_through_the_console_socket(root: Path, bundle: Callable[..., P
         assert time.monotonic() < deadline
         time.sleep(0.5)
     os.close(master)
-    listener.close()
+    console.close()
     assert kp(root, "delete", "tty1").returncode == 0
 
 
@@ -362,40 +375,18 @@ def test_events_stats_and_update_reach_the_guest_cgroup(root: Path,
 
 def test_exec_with_a_terminal_through_the_console_socket(
         root: Path, bundle: Callable[..., Path], tmp_path: Path) -> None:
-    import select
-    import socket
-    import threading
-
-    from kata_py.console import recv_console
-
     b = bundle("sleep", "600")
     assert kp(root, "run", "-d", "-b", str(b), "xt").returncode == 0
     _one_line_error(kp(root, "exec", "-t", "xt", "sh"), b"--detach and --console-socket")
     sock_path = tmp_path / "exec-console.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock_path))
-    listener.listen(1)
-    got: dict[str, int] = {}
-
-    def accept() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            got["master"], _ = recv_console(conn)
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
+    console = ConsoleSocket(sock_path)
     r = kp(root, "exec", "-d", "-t", "--console-socket", str(sock_path), "xt", "sh")
     assert r.returncode == 0, r.stderr
-    t.join(10)
-    master = got["master"]
+    master = console.master()
     os.write(master, b"tty; echo $((6*7))\n")
-    out = b""
-    deadline = time.monotonic() + 60
-    while b"42\r\n" not in out and time.monotonic() < deadline:
-        if select.select([master], [], [], 1)[0]:
-            out += os.read(master, 4096)
+    out = _read_until(master, b"42\r\n")
     assert b"/dev/pts/" in out and b"42\r\n" in out, out
     os.write(master, b"exit\n")
     os.close(master)
-    listener.close()
+    console.close()
     assert kp(root, "delete", "--force", "xt").returncode == 0
