@@ -193,6 +193,7 @@ class ContainerManager:
         config = dataclasses.replace(
             base, process=process, hostname="", domainname="", mounts=(), masked_paths=(),
             readonly_paths=(), devices=(), sysctl={}, default_devices=False,
+            hooks=launch_config.Hooks(),
             namespaces=tuple(launch_config.Namespace(ns.type, f"/proc/{c.pid}/ns/"
                                                      f"{NS_PROC_NAMES[ns.type]}")
                              for ns in base.namespaces),

@@ -148,6 +148,29 @@ class Fds:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """One OCI hook (config.md "POSIX-platform Hooks") run by the launcher."""
+
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The hooks that run in the container's namespaces, i.e. in the guest.
+
+    create_container: after the spec's mounts, before pivot_root; the path
+    resolves in the VM's own root (the runtime namespace of a VM runtime).
+    start_container: after start, before execve, in the container.
+    """
+
+    create_container: tuple[Hook, ...] = ()
+    start_container: tuple[Hook, ...] = ()
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     """Everything the launcher needs to build and start one container."""
 
@@ -169,6 +192,10 @@ class LaunchConfig:
     sysctl: dict[str, str] = field(default_factory=dict)
     seccomp: dict[str, Any] | None = None  # fields of kata_py.agent.seccomp.SeccompProfile
     cgroup: Cgroup | None = None
+    hooks: Hooks = field(default_factory=Hooks)
+    # The OCI state the hooks read on stdin (ociVersion, id, bundle,
+    # annotations); the launcher adds status and pid.
+    state: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for ns in self.namespaces:

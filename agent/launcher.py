@@ -52,7 +52,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from kata_py.agent import cgroups, linux, mounts
-from kata_py.agent.launch_config import LaunchConfig, LaunchConfigError, Process, from_json
+from kata_py.agent.launch_config import Hook, LaunchConfig, LaunchConfigError, Process, from_json
 
 EXIT_SETUP_FAILED = 1
 EXIT_EXEC_FAILED = 127
@@ -263,6 +263,7 @@ def prepare_rootfs(config: LaunchConfig) -> None:
             mounts.mount_one(rootfs, m)
     with step("set up /dev"):
         mounts.setup_dev(rootfs, config.devices, config.default_devices)
+    run_hooks(config, "createContainer", config.hooks.create_container, "creating")
     if config.no_pivot:
         with step(f"move root to {rootfs}"):
             mounts.move_root(rootfs)
@@ -272,6 +273,32 @@ def prepare_rootfs(config: LaunchConfig) -> None:
     if config.rootfs_propagation:
         with step(f"make / {config.rootfs_propagation}"):
             mounts.set_root_propagation(config.rootfs_propagation)
+
+
+def run_hooks(config: LaunchConfig, kind: str, hooks: tuple[Hook, ...], status: str) -> None:
+    """OCI hooks in the container's namespaces: state JSON on stdin, in order,
+    each killed after its timeout; a failure is the step's error (as runc)."""
+    if not hooks:
+        return
+    import subprocess  # only containers with hooks pay for it
+
+    state = json.dumps({**config.state, "status": status, "pid": os.getpid()}).encode()
+    for hook in hooks:
+        name = f"{kind} hook {hook.path}"
+        env = dict(e.partition("=")[::2] for e in hook.env)
+        try:
+            proc = subprocess.run(list(hook.args) or [hook.path], executable=hook.path,
+                                  input=state, env=env, capture_output=True,
+                                  timeout=hook.timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise LaunchError(f"{name} timed out after {hook.timeout}s") from exc
+        except OSError as exc:
+            raise LaunchError(f"{name} could not run: {exc.strerror or exc}") from exc
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout)[-400:].decode(errors="replace").strip()
+            status_text = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                           else f"exit status {proc.returncode}")
+            raise LaunchError(f"{name} failed ({status_text})" + (f": {tail}" if tail else ""))
 
 
 def set_names(config: LaunchConfig) -> None:
@@ -502,6 +529,11 @@ def build_container(config: LaunchConfig, reporter: Reporter, pid_pipe: int | No
     reporter.send({"created": pid})
     if not wait_for_start(config.fds.start):
         os._exit(0)
+    try:
+        run_hooks(config, "startContainer", config.hooks.start_container, "created")
+    except LaunchError as exc:
+        reporter.error(str(exc))
+        os._exit(EXIT_SETUP_FAILED)
     exec_process(config, reporter, seccomp)
 
 

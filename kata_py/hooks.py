@@ -1,7 +1,7 @@
 """OCI hooks that run on the host, in the runtime namespace (runtime-spec
 config.md "POSIX-platform Hooks"): prestart, createRuntime, poststart and
 poststop. createContainer/startContainer run in the container namespace,
-i.e. inside the guest, and are the agent's business.
+i.e. inside the guest: the launcher runs them (kata_py.agent.launcher).
 
 Each hook gets the container's state JSON on stdin, runs with its own argv
 (args[0] is argv0; path is what is executed) and env (empty: inherit ours,

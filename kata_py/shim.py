@@ -156,7 +156,7 @@ class Shim:
     def setup(self) -> ContainerState:
         state = self.store.load(self.cid)
         spec = load_spec(Path(state.bundle))
-        launch, shares = to_launch_config(spec, self.cid)
+        launch, shares = to_launch_config(spec, self.cid, state.bundle)
         size = vm_size(spec, self.cfg.hypervisor)
         self.cfg = dataclasses.replace(self.cfg, hypervisor=dataclasses.replace(
             self.cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))

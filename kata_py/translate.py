@@ -127,7 +127,15 @@ def launch_process(p: Process) -> lc.Process:
         terminal=p.terminal)
 
 
-def to_launch_config(spec: Spec, container_id: str) -> tuple[lc.LaunchConfig, list[HostShare]]:
+def _hooks(spec: Spec) -> lc.Hooks:
+    def convert(hooks: tuple[Any, ...]) -> tuple[lc.Hook, ...]:
+        return tuple(lc.Hook(h.path, tuple(h.args), tuple(h.env), h.timeout) for h in hooks)
+    return lc.Hooks(create_container=convert(spec.hooks.create_container),
+                    start_container=convert(spec.hooks.start_container))
+
+
+def to_launch_config(spec: Spec, container_id: str, bundle: str = ""
+                     ) -> tuple[lc.LaunchConfig, list[HostShare]]:
     """The launch description for container_id, and what to share for it."""
     mounts, shares = _mounts(spec, container_id)
     linux = spec.linux
@@ -146,5 +154,8 @@ def to_launch_config(spec: Spec, container_id: str) -> tuple[lc.LaunchConfig, li
                       for d in (linux.devices if linux else ())),
         sysctl=dict(linux.sysctl) if linux else {},
         seccomp=_seccomp(linux.seccomp if linux else None),
-        cgroup=_cgroup(container_id, linux.resources if linux else None))
+        cgroup=_cgroup(container_id, linux.resources if linux else None),
+        hooks=_hooks(spec),
+        state={"ociVersion": spec.oci_version, "id": container_id, "bundle": bundle,
+               "annotations": dict(spec.annotations)})
     return config, [rootfs, *shares]

@@ -390,3 +390,40 @@ def test_exec_with_a_terminal_through_the_console_socket(
     os.close(master)
     console.close()
     assert kp(root, "delete", "--force", "xt").returncode == 0
+
+
+def test_in_container_hooks_run_in_the_guest_in_the_container_namespaces(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    guest_rootfs = "/run/kata-py/shared/hk/rootfs"     # the rootfs before pivot_root
+    ns = "readlink /proc/self/ns/mnt; readlink /proc/self/ns/pid"
+    b = bundle("sh", "-c", f"{ns}; cat /tmp/cc.ns")
+    config = json.loads((b / "config.json").read_text())
+    config["root"]["readonly"] = False
+    config["hooks"] = {
+        "createContainer": [{"path": "/bin/sh", "args": [
+            "sh", "-c", f"cat > {guest_rootfs}/tmp/cc.json; ({ns}) > {guest_rootfs}/tmp/cc.ns"]}],
+        "startContainer": [{"path": "/bin/sh", "args": [
+            "sh", "-c", "cat > /tmp/sc.json; echo $HOOK_VAR > /tmp/sc.env"],
+            "env": ["HOOK_VAR=from-spec"], "timeout": 30}]}
+    (b / "config.json").write_text(json.dumps(config))
+    r = kp(root, "run", "-b", str(b), "hk")
+    assert r.returncode == 0, r.stderr
+    container_ns, hook_ns = r.stdout.decode().splitlines()[:2], r.stdout.decode().splitlines()[2:]
+    assert hook_ns == container_ns and len(container_ns) == 2     # same mount and pid namespaces
+    created = json.loads((b / "rootfs/tmp/cc.json").read_text())
+    started = json.loads((b / "rootfs/tmp/sc.json").read_text())
+    assert (created["id"], created["status"], created["bundle"]) == ("hk", "creating", str(b))
+    assert (started["id"], started["status"]) == ("hk", "created")
+    assert (b / "rootfs/tmp/sc.env").read_text() == "from-spec\n"
+
+
+def test_a_failing_create_container_hook_fails_create_and_leaves_nothing(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    b = bundle("true")
+    config = json.loads((b / "config.json").read_text())
+    config["hooks"] = {"createContainer": [{"path": "/bin/sh", "args": [
+        "sh", "-c", "echo no GPU here >&2; exit 4"]}]}
+    (b / "config.json").write_text(json.dumps(config))
+    r = kp(root, "create", "-b", str(b), "hkfail")
+    _one_line_error(r, b"createContainer hook /bin/sh failed (exit status 4): no GPU here")
+    assert kp(root, "state", "hkfail").returncode != 0

@@ -39,6 +39,20 @@ def test_default_spec_becomes_a_launch_description_that_round_trips(tmp_path: Pa
     assert lc.from_json(lc.to_json(config)) == config
 
 
+def test_in_container_hooks_and_their_state_travel_to_the_guest(tmp_path: Path) -> None:
+    data = default_spec()
+    data["annotations"] = {"a": "b"}
+    data["hooks"] = {"createContainer": [{"path": "/bin/cc", "args": ["cc", "-x"], "timeout": 5}],
+                     "startContainer": [{"path": "/bin/sc", "env": ["K=V"]}],
+                     "prestart": [{"path": "/host/only"}]}
+    config, _ = to_launch_config(_spec(tmp_path, data), "c1", str(tmp_path))
+    assert config.hooks.create_container == (lc.Hook("/bin/cc", ("cc", "-x"), (), 5),)
+    assert config.hooks.start_container == (lc.Hook("/bin/sc", (), ("K=V",), None),)
+    assert config.state == {"ociVersion": data["ociVersion"], "id": "c1",
+                            "bundle": str(tmp_path), "annotations": {"a": "b"}}
+    assert lc.from_json(lc.to_json(config)) == config
+
+
 def test_podman_binds_are_shared_and_rewritten(tmp_path: Path) -> None:
     config, shares = to_launch_config(_podman(tmp_path), "c2")
     binds = {m.destination: m for m in config.mounts if m.type == "bind"}
