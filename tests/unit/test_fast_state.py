@@ -1,0 +1,68 @@
+"""The console script's `state` fast path answers exactly what the full CLI
+answers (kata_py.state), and leaves everything else to the full CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kata_py import fastcli, state
+from kata_py.hypervisor.process import read_start_time
+from kata_py.state import ContainerState, StateStore, now_rfc3339
+
+
+def _dead_pid() -> tuple[int, int]:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = read_start_time(proc.pid) or 1
+    proc.wait()
+    return proc.pid, start
+
+
+@pytest.mark.parametrize("status", ["creating", "created", "running", "paused", "stopped"])
+@pytest.mark.parametrize("process", ["live", "dead", "none"])
+@pytest.mark.parametrize("annotations", [{}, {"org.example/a": "b"}])
+def test_fast_state_equals_the_full_state(tmp_path: Path, status: str, process: str,
+                                          annotations: dict[str, str]) -> None:
+    pid, start = {"live": (os.getpid(), read_start_time(os.getpid()) or 0),
+                  "dead": _dead_pid(), "none": (0, 0)}[process]
+    store = StateStore(tmp_path / "containers")
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", status=status,  # type: ignore[arg-type]
+                                created=now_rfc3339(), pid=pid, pid_start_time=start,
+                                annotations=annotations, owner=""))
+    out = fastcli.fast_state(["--root", str(tmp_path), "state", "c1"])
+    assert out is not None
+    assert json.loads(out) == store.load("c1").oci()
+    assert out == json.dumps(store.load("c1").oci(), indent=2)   # the CLI prints this text
+    assert fastcli.OCI_VERSION == state.OCI_VERSION
+
+
+@pytest.mark.parametrize("argv", [
+    ["state"], ["state", "c1", "extra"], ["list"], ["--debug", "state", "c1"],
+    ["--root"], ["state", "--help"], ["--root", "R", "state", "nonexistent"],
+    ["--root", "R", "state", "../c1"], ["--unknown", "state", "c1"]])
+def test_anything_else_goes_to_the_full_cli(tmp_path: Path, argv: list[str]) -> None:
+    (tmp_path / "containers" / "c1").mkdir(parents=True)
+    argv = [str(tmp_path) if a == "R" else a for a in argv]
+    assert fastcli.fast_state(argv) is None
+
+
+def test_global_flags_in_both_spellings_are_understood(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "containers")
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", status="stopped",
+                                created=now_rfc3339()))
+    for argv in (["--root", str(tmp_path), "--log", "/dev/null", "--log-format", "json",
+                  "state", "c1"],
+                 [f"--root={tmp_path}", "--log-format=text", "state", "c1"]):
+        out = fastcli.fast_state(argv)
+        assert out is not None and json.loads(out)["status"] == "stopped"
+
+
+def test_a_corrupt_state_is_left_to_the_full_cli(tmp_path: Path) -> None:
+    (tmp_path / "containers" / "c1").mkdir(parents=True)
+    (tmp_path / "containers" / "c1" / "state.json").write_text("{")
+    assert fastcli.fast_state(["--root", str(tmp_path), "state", "c1"]) is None
