@@ -148,9 +148,12 @@ def features() -> None:
 @click.option("--pid-file", default=None, help="write the shim's pid here")
 @click.option("--console-socket", default=None,
               help="unix socket that receives the terminal's master (process.terminal)")
-@click.option("--no-pivot", is_flag=True, hidden=True)
-@click.option("--no-new-keyring", is_flag=True, hidden=True)
-@click.option("--preserve-fds", default=0, type=int, hidden=True)
+@click.option("--no-pivot", is_flag=True,
+              help="move the root instead of pivot_root (rootfs on a ramdisk)")
+@click.option("--no-new-keyring", is_flag=True,
+              help="accepted; the guest kernel's keyring is the VM's own")
+@click.option("--preserve-fds", default=0, type=int,
+              help="only 0: host fds cannot cross into the VM")
 @click.argument("container_id")
 @click.pass_obj
 def create(obj: Context, bundle: str, pid_file: str | None, console_socket: str | None,
@@ -161,12 +164,15 @@ def create(obj: Context, bundle: str, pid_file: str | None, console_socket: str 
     _refuse_unsupported(preserve_fds)
     runtime.create(obj.root_dir, container_id, Path(bundle),
                    Path(pid_file) if pid_file else None, obj.config_path, obj.debug,
-                   Path(console_socket) if console_socket else None)
+                   Path(console_socket) if console_socket else None, no_pivot)
 
 
 def _refuse_unsupported(preserve_fds: int) -> None:
+    """A host file descriptor cannot cross into the VM (neither can it in Kata)."""
     if preserve_fds:
-        raise KataError("--preserve-fds is not supported by kata-py yet", "drop the flag")
+        raise KataError(f"--preserve-fds {preserve_fds}: file descriptors cannot be passed "
+                        "into the container's VM",
+                        "pass data through the process's stdio or a bind mount instead")
 
 
 @cli.command()
@@ -225,9 +231,12 @@ def delete(obj: Context, force: bool, container_id: str) -> None:
 @click.option("--keep", is_flag=True, help="do not delete the container after it exits")
 @click.option("--console-socket", default=None,
               help="unix socket that receives the terminal's master (process.terminal)")
-@click.option("--no-pivot", is_flag=True, hidden=True)
-@click.option("--no-new-keyring", is_flag=True, hidden=True)
-@click.option("--preserve-fds", default=0, type=int, hidden=True)
+@click.option("--no-pivot", is_flag=True,
+              help="move the root instead of pivot_root (rootfs on a ramdisk)")
+@click.option("--no-new-keyring", is_flag=True,
+              help="accepted; the guest kernel's keyring is the VM's own")
+@click.option("--preserve-fds", default=0, type=int,
+              help="only 0: host fds cannot cross into the VM")
 @click.argument("container_id")
 @click.pass_obj
 def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: bool,
@@ -239,7 +248,8 @@ def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: boo
     _refuse_unsupported(preserve_fds)
     code = runtime.run(obj.root_dir, container_id, Path(bundle),
                        Path(pid_file) if pid_file else None, detach, keep, obj.config_path,
-                       obj.debug, Path(console_socket) if console_socket else None)
+                       obj.debug, Path(console_socket) if console_socket else None,
+                       no_pivot)
     sys.exit(code)
 
 
@@ -256,7 +266,8 @@ def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: boo
 @click.option("--cwd", default=None, help="working directory in the container")
 @click.option("--env", "-e", multiple=True, help="KEY=VALUE, repeatable")
 @click.option("--user", "-u", default=None, help="uid[:gid]")
-@click.option("--preserve-fds", default=0, type=int, hidden=True)
+@click.option("--preserve-fds", default=0, type=int,
+              help="only 0: host fds cannot cross into the VM")
 @click.argument("container_id")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj

@@ -41,7 +41,7 @@ def _config(root: Path, config_path: str | None):  # type: ignore[no-untyped-def
 
 def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
            config_path: str | None, debug: bool = False,
-           console_socket: Path | None = None) -> int:
+           console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """Create the container; returns the shim's pid once the container waits for start."""
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
@@ -60,6 +60,8 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
                              status="creating", created=now_rfc3339(),
                              annotations=dict(spec.annotations), sandbox_id=cid))
     extra = ["--debug"] if debug else []
+    if no_pivot:
+        extra.append("--no-pivot")  # the launcher moves the root instead of pivot_root
     if console_socket is not None:
         extra += ["--console-socket", str(console_socket.resolve())]
     shim, line = _spawn_shim(root, cid, config_path, *extra)
@@ -381,9 +383,10 @@ def _shims(root: Path, cid: str, state: ContainerState | None) -> list[ProcessRe
 
 def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,
         keep: bool, config_path: str | None, debug: bool = False,
-        console_socket: Path | None = None) -> int:
+        console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """create + start (+ wait + delete); returns the container's exit status."""
-    shim_pid = create(root, cid, bundle, pid_file, config_path, debug, console_socket)
+    shim_pid = create(root, cid, bundle, pid_file, config_path, debug, console_socket,
+                      no_pivot)
     try:
         start(root, cid, config_path)
     except BaseException:

@@ -144,9 +144,10 @@ def open_terminal(console_socket: Path, size: tuple[int, int] | None = None) -> 
 
 class Shim:
     def __init__(self, root: Path, cid: str, config_path: str | None,
-                 console_socket: Path | None = None) -> None:
+                 console_socket: Path | None = None, no_pivot: bool = False) -> None:
         self.cid = cid
         self.console_socket = console_socket
+        self.no_pivot = no_pivot
         self.tty: int | None = None
         self.cfg = load_config(config_path)
         self.cfg = dataclasses.replace(self.cfg, state_dir=str(root))
@@ -157,6 +158,7 @@ class Shim:
         state = self.store.load(self.cid)
         spec = load_spec(Path(state.bundle))
         launch, shares = to_launch_config(spec, self.cid, state.bundle)
+        launch = dataclasses.replace(launch, no_pivot=self.no_pivot)
         size = vm_size(spec, self.cfg.hypervisor)
         self.cfg = dataclasses.replace(self.cfg, hypervisor=dataclasses.replace(
             self.cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notify-fd", required=True, type=int)
     parser.add_argument("--config", default=None)
     parser.add_argument("--console-socket", default=None, type=Path)
+    parser.add_argument("--no-pivot", action="store_true", help="runc's create --no-pivot")
     parser.add_argument("--exec-id", default="",
                         help="relay an already started exec'd process (exec -d)")
     parser.add_argument("--debug", action="store_true")
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve_exec(args.root, args.id, args.exec_id, args.config, args.notify_fd,
                            args.console_socket)
     try:
-        shim = Shim(args.root, args.id, args.config, args.console_socket)
+        shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot)
         shim.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)

@@ -417,6 +417,13 @@ def test_in_container_hooks_run_in_the_guest_in_the_container_namespaces(
     assert (b / "rootfs/tmp/sc.env").read_text() == "from-spec\n"
 
 
+def test_no_pivot_moves_the_root_instead(root: Path, bundle: Callable[..., Path]) -> None:
+    b = bundle("sh", "-c", "cat /marker; hostname")
+    (b / "rootfs" / "marker").write_text("the bundle's rootfs\n")
+    r = kp(root, "run", "--no-pivot", "-b", str(b), "np")
+    assert (r.returncode, r.stdout) == (0, b"the bundle's rootfs\nkp\n"), r.stderr
+
+
 def test_a_failing_create_container_hook_fails_create_and_leaves_nothing(
         root: Path, bundle: Callable[..., Path]) -> None:
     b = bundle("true")

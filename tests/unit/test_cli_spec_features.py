@@ -42,3 +42,18 @@ def test_features_lists_what_the_parser_accepts() -> None:
     actions = set(doc["linux"]["seccomp"]["actions"])
     assert "SCMP_ACT_NOTIFY" not in actions and actions <= SECCOMP_ACTIONS
     assert "io.kata-py.vm.vcpus" in doc["annotations"]
+
+
+def test_preserve_fds_is_refused_with_the_reason_and_nothing_is_created(tmp_path: Path
+                                                                        ) -> None:
+    (tmp_path / "rootfs").mkdir()
+    assert _cli("spec", "-b", str(tmp_path)).returncode == 0
+    root = tmp_path / "root"
+    for argv in (["create", "-b", str(tmp_path), "--preserve-fds", "2", "c1"],
+                 ["exec", "--preserve-fds", "1", "c1", "true"]):
+        out = _cli("--root", str(root), *argv)
+        assert out.returncode != 0
+        assert out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith("kata-py: --preserve-fds ")
+        assert "cannot be passed into the container's VM" in out.stderr
+    assert not (root / "containers" / "c1").exists()
