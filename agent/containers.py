@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 SYNC_FD, START_FD, CONFIG_FD, CONSOLE_FD = 3, 4, 5, 6
 CREATE_TIMEOUT_S = 60.0
 KILL_WAIT_S = 5.0
-STREAM_BUFFER_MAX = 1 << 20     # a slow reader pauses the container's writes beyond this
-READ_CHUNK = 64 * 1024
+STREAM_BUFFER_MAX = 4 << 20     # a slow reader pauses the container's writes beyond this
+READ_CHUNK = 1 << 20            # with 1 MiB pipes: fewer wakeups per MiB of output
+PIPE_SIZE = 1 << 20             # F_SETPIPE_SZ for stdout/stderr (the default is 64 KiB)
+F_SETPIPE_SZ = 1031
 HIGH_FD = 10                    # parent-side copies live above the child's targets
 
 
@@ -75,6 +77,10 @@ class Stream:
         self.buffer = bytearray()
         self.eof = False
         self.cond = threading.Condition()
+        try:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # a terminal, or a pipe-max-size below 1 MiB: the default size works too
         threading.Thread(target=self._drain, name=name, daemon=True).start()
 
     def _drain(self) -> None:
