@@ -43,15 +43,31 @@ class Context:
         return replace(cfg, state_dir=self.root) if self.root else cfg
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, runc's `--log-format=json` shape
+    ({"level": "error", "msg": …, "time": RFC 3339}): podman reads the "msg"
+    of the --log file to report why a create or exec failed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import UTC, datetime
+
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        when = datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z")
+        return json.dumps({"level": record.levelname.lower(), "msg": msg, "time": when})
+
+
 def _setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING
-    if log_format == "json":
-        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}'
-    else:
-        fmt = "kata-py: %(levelname)s %(name)s: %(message)s" if debug else "kata-py: %(message)s"
     handler: logging.Handler = (logging.FileHandler(log_file) if log_file
                                 else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter(fmt))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "kata-py: %(levelname)s %(name)s: %(message)s" if debug else "kata-py: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
@@ -90,6 +106,12 @@ def _print_version(ctx: click.Context) -> None:
 @click.option("--version", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda ctx, _, value: _print_version(ctx) if value else None,
               help="print version lines (runc's shape) and exit")
+# Engines pass these (conmon: --systemd-cgroup with podman's systemd cgroup
+# manager; podman: --cgroup-manager=disabled with --cgroups=disabled). The
+# container's cgroup lives in the guest, so the host cgroup manager is moot.
+@click.option("--systemd-cgroup", is_flag=True, hidden=True, expose_value=False)
+@click.option("--cgroup-manager", type=click.Choice(["cgroupfs", "systemd", "disabled"]),
+              hidden=True, expose_value=False)
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, log_file: str | None, log_format: str,
         debug: bool, config: str | None) -> None:
@@ -446,19 +468,30 @@ def main() -> None:
     except SystemExit:
         raise
     except click.ClickException as exc:
+        _log_failure(exc.format_message(), debug=False)
         click.echo(f"kata-py: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except KataError as exc:
-        if debug:
-            log.exception("failed")
+        _log_failure(str(exc), debug)
         click.echo(f"kata-py: {exc}", err=True)
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a line
         if debug:
             raise
-        click.echo(f"kata-py: internal error: {type(exc).__name__}: {exc} "
-                   "(rerun with --debug for the traceback)", err=True)
+        message = (f"internal error: {type(exc).__name__}: {exc} "
+                   "(rerun with --debug for the traceback)")
+        _log_failure(message, debug)
+        click.echo(f"kata-py: {message}", err=True)
         sys.exit(1)
+
+
+def _log_failure(message: str, debug: bool) -> None:
+    """Like runc, put the fatal error in the --log file as well as on stderr
+    (podman takes it from there); on stderr alone only with --debug, which
+    adds the traceback."""
+    to_file = any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers)
+    if to_file or debug:
+        log.error("%s", message, exc_info=debug)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kata_py.errors import KataError, StateError
+from kata_py.errors import KataError, NotFoundError, StateError
 from kata_py.hypervisor.process import ProcessRef
 from kata_py.state import ContainerState, StateStore, Status, now_rfc3339
 
@@ -320,12 +320,20 @@ def processes(root: Path, cid: str, config_path: str | None) -> list[tuple[int, 
 
 
 def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:
+    """--force also succeeds when the container does not exist (as runc and
+    crun do: podman deletes after a failed create), removing any leftovers."""
     st = store(root)
-    with st.lock(cid):
-        state = st.load(cid)
-        if state.status in ("running", "paused") and not force:
-            raise StateError(f"container {cid} is {state.status}",
-                             "stop it first, or use `kata-py delete --force`")
+    try:
+        with st.lock(cid):
+            state = st.load(cid)
+            if state.status in ("running", "paused") and not force:
+                raise StateError(f"container {cid} is {state.status}",
+                                 "stop it first, or use `kata-py delete --force`")
+    except NotFoundError:
+        if not force:
+            raise
+        destroy(root, cid, config_path)
+        return
     destroy(root, cid, config_path, run_poststop=True)
 
 

@@ -1,0 +1,1 @@
+"""End to end: real engines (podman + conmon from Debian) driving kata-py."""
