@@ -43,6 +43,7 @@ import os
 import resource
 import signal
 import socket
+import stat
 import sys
 import termios
 from collections.abc import Callable, Iterator
@@ -426,16 +427,26 @@ def install_seccomp(seccomp: SeccompFilter | None) -> None:
 # --- 7. start and exec --------------------------------------------------------
 
 def lookup_executable(process: Process) -> str:
-    """args[0], searched in the *spec's* PATH when it has no slash (runc)."""
+    """args[0] as runc resolves it before `create` returns: searched in the
+    *spec's* PATH when it has no slash, and it must be an executable file.
+    LaunchError in Go's exec.LookPath words, which engines match (podman
+    exits 127 for "not found"/"no such file", 126 for "permission denied")."""
     name = process.args[0]
     if "/" in name:
+        try:
+            st = os.stat(name)
+        except OSError as exc:
+            raise LaunchError(f'exec: "{name}": stat {name}: '
+                              f"{(exc.strerror or str(exc)).lower()}") from exc
+        if stat.S_ISDIR(st.st_mode) or not os.access(name, os.X_OK):
+            raise LaunchError(f'exec: "{name}": permission denied')
         return name
     env_path = next((e[5:] for e in process.env if e.startswith("PATH=")), "")
     for directory in env_path.split(":") if env_path else ():
         candidate = os.path.join(directory or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-    raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    raise LaunchError(f'exec: "{name}": executable file not found in $PATH')
 
 
 def wait_for_start(fd: int) -> bool:
@@ -466,15 +477,10 @@ def close_extra_fds(config: LaunchConfig) -> None:
         os.set_inheritable(fd, True)
 
 
-def exec_process(config: LaunchConfig, reporter: Reporter,
-                 seccomp: SeccompFilter | None) -> NoReturn:
-    """Resolve, (seccomp,) execve; on failure report and exit 127."""
+def exec_process(config: LaunchConfig, reporter: Reporter, seccomp: SeccompFilter | None,
+                 path: str) -> NoReturn:
+    """(seccomp,) execve the resolved path; on failure report and exit 127."""
     process = config.process
-    try:
-        path = lookup_executable(process)
-    except OSError as exc:
-        reporter.error(f'exec "{process.args[0]}": {exc.strerror}')
-        os._exit(EXIT_EXEC_FAILED)
     if process.no_new_privileges:
         try:
             install_seccomp(seccomp)
@@ -526,6 +532,11 @@ def build_container(config: LaunchConfig, reporter: Reporter, pid_pipe: int | No
     if process.no_new_privileges:
         with step("set no_new_privs"):
             linux.set_no_new_privs()
+    try:
+        path = lookup_executable(process)
+    except LaunchError as exc:
+        reporter.error(str(exc))
+        os._exit(EXIT_EXEC_FAILED)
     reporter.send({"created": pid})
     if not wait_for_start(config.fds.start):
         os._exit(0)
@@ -534,7 +545,7 @@ def build_container(config: LaunchConfig, reporter: Reporter, pid_pipe: int | No
     except LaunchError as exc:
         reporter.error(str(exc))
         os._exit(EXIT_SETUP_FAILED)
-    exec_process(config, reporter, seccomp)
+    exec_process(config, reporter, seccomp, path)
 
 
 def run(config: LaunchConfig, reporter: Reporter) -> int:

@@ -46,7 +46,13 @@ _FLAGS: dict[str, tuple[bool, int]] = {  # option → (clear?, flag)
     "nostrictatime": (True, linux.MS_STRICTATIME),
     "nosymfollow": (False, linux.MS_NOSYMFOLLOW), "symfollow": (True, linux.MS_NOSYMFOLLOW),
     "bind": (False, linux.MS_BIND), "rbind": (False, linux.MS_BIND | linux.MS_REC),
+    "iversion": (False, linux.MS_I_VERSION), "noiversion": (True, linux.MS_I_VERSION),
+    "lazytime": (False, linux.MS_LAZYTIME), "nolazytime": (True, linux.MS_LAZYTIME),
+    "silent": (False, linux.MS_SILENT), "loud": (True, linux.MS_SILENT),
 }
+# runc's extensions: not mount(2) data. tmpcopyup: a tmpfs starts with a copy
+# of what the image has at its destination (podman sets it on every tmpfs).
+_EXTENSIONS = frozenset({"tmpcopyup"})
 _PROPAGATION = {
     "private": linux.MS_PRIVATE, "rprivate": linux.MS_PRIVATE | linux.MS_REC,
     "shared": linux.MS_SHARED, "rshared": linux.MS_SHARED | linux.MS_REC,
@@ -75,7 +81,7 @@ def parse_options(options: Iterable[str]) -> tuple[int, tuple[int, ...], str]:
             flags = flags & ~flag if clear else flags | flag
         elif option in _PROPAGATION:
             propagation.append(_PROPAGATION[option])
-        elif option != "defaults":
+        elif option != "defaults" and option not in _EXTENSIONS:
             data.append(option)
     return flags, tuple(propagation), ",".join(data)
 
@@ -158,11 +164,48 @@ def mount_one(rootfs: str, m: Mount) -> None:
         extra = flags & ~(linux.MS_BIND | linux.MS_REC | linux.MS_REMOUNT)
         if extra:
             linux.mount(dest, dest, None, extra | linux.MS_BIND | linux.MS_REMOUNT)
+    elif m.type == "tmpfs" and "tmpcopyup" in m.options:
+        # The image's directory stays reachable through an fd once the tmpfs covers it.
+        below = os.open(dest, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            linux.mount(m.source or "tmpfs", dest, "tmpfs", flags & ~linux.MS_RDONLY,
+                        data or None)
+            copy_tree(f"/proc/self/fd/{below}", dest)
+        finally:
+            os.close(below)
+        if flags & linux.MS_RDONLY:
+            linux.mount(dest, dest, None, flags | linux.MS_REMOUNT)
     else:
         fstype = "cgroup2" if m.type == "cgroup" else m.type  # the guest is cgroup v2 only
         linux.mount(m.source or fstype, dest, fstype, flags, data or None)
     for flag in propagation:
         linux.mount(None, dest, None, flag)
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy src's entries into the existing directory dst, keeping type, mode,
+    owner and times (runc's tmpcopyup); sockets are skipped."""
+    import shutil  # only containers with tmpcopyup mounts pay for it
+
+    for entry in os.scandir(src):
+        source, target = entry.path, os.path.join(dst, entry.name)
+        st = entry.stat(follow_symlinks=False)
+        if entry.is_symlink():
+            os.symlink(os.readlink(source), target)
+        elif entry.is_dir(follow_symlinks=False):
+            os.mkdir(target)
+            copy_tree(source, target)
+        elif entry.is_file(follow_symlinks=False):
+            with open(source, "rb") as fin, open(target, "xb") as fout:
+                shutil.copyfileobj(fin, fout)
+        elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            os.mknod(target, st.st_mode, st.st_rdev)
+        else:
+            continue
+        os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not entry.is_symlink():
+            os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 def _device_mode(dev: Device) -> int:

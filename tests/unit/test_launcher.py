@@ -241,6 +241,29 @@ def test_mount_options_split_into_flags_propagation_and_data() -> None:
     assert data == "mode=755,size=1k"
 
 
+def test_runc_extensions_and_flag_options_are_not_mount_data() -> None:
+    flags, _, data = mounts.parse_options(
+        ("tmpcopyup", "iversion", "lazytime", "silent", "nosuid", "mode=1777"))
+    assert flags == linux.MS_I_VERSION | linux.MS_LAZYTIME | linux.MS_SILENT | linux.MS_NOSUID
+    assert data == "mode=1777"
+
+
+def test_tmpcopyup_starts_the_tmpfs_with_the_image_s_files(rootfs: Path) -> None:
+    (rootfs / "seeded").mkdir()
+    (rootfs / "seeded" / "sub").mkdir()
+    (rootfs / "seeded" / "sub" / "f").write_text("from the image\n")
+    (rootfs / "seeded" / "link").symlink_to("sub/f")
+    (rootfs / "seeded" / "sub" / "f").chmod(0o640)
+    os.chown(rootfs / "seeded" / "sub" / "f", 1000, 1000)
+    tmpfs = Mount("/seeded", "tmpfs", "tmpfs", ("nosuid", "tmpcopyup", "mode=755"))
+    out = run_sh(rootfs, "cat /seeded/link; stat -c '%a %u' /seeded/sub/f; "
+                 "awk '$5 == \"/seeded\" {print $9}' /proc/self/mountinfo; "
+                 "echo new > /seeded/sub/f; cat /seeded/sub/f",
+                 mounts=(*DEFAULT_MOUNTS, tmpfs)).stdout.split("\n")
+    assert out[:4] == ["from the image", "640 1000", "tmpfs", "new"]
+    assert (rootfs / "seeded" / "sub" / "f").read_text() == "from the image\n"  # image intact
+
+
 def test_secure_join_keeps_symlinks_inside_the_rootfs(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "escape").symlink_to("/etc")
@@ -382,11 +405,16 @@ def test_killed_container_kills_the_launcher_with_the_same_signal(rootfs: Path) 
     assert result.returncode == -signal.SIGKILL
 
 
-def test_exec_of_a_missing_binary_reports_the_error_and_127(rootfs: Path) -> None:
-    for name in ("/bin/nope", "nope"):
+def test_a_missing_binary_fails_before_created_in_go_s_words(rootfs: Path) -> None:
+    for name, message in (
+            ("/bin/nope", 'exec: "/bin/nope": stat /bin/nope: no such file or directory'),
+            ("nope", 'exec: "nope": executable file not found in $PATH'),
+            ("/etc", 'exec: "/etc": permission denied')):
         result = launch(make_config(rootfs, (name,)))
         assert result.returncode == 127
-        assert result.sync[-1] == {"error": f'exec "{name}": No such file or directory'}
+        assert result.sync == [result.sync[0], {"error": message}] or result.sync == [
+            {"error": message}], result.sync       # {"pid"} first when it forked
+        assert not any("created" in line for line in result.sync)
 
 
 def test_closing_the_start_fd_exits_without_running_the_process(rootfs: Path) -> None:
