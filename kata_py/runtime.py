@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kata_py.errors import KataError, NotFoundError, StateError
+from kata_py import host_cgroup
+from kata_py.errors import ConfigError, KataError, NotFoundError, StateError
 from kata_py.hypervisor.process import ProcessRef
 from kata_py.state import ContainerState, StateStore, Status, now_rfc3339
 
@@ -43,6 +44,7 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
            config_path: str | None, debug: bool = False,
            console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """Create the container; returns the shim's pid once the container waits for start."""
+    from kata_py.host_cgroup import relative_path
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
 
@@ -55,10 +57,15 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
     if console_socket is not None and not spec.process.terminal:
         raise KataError("--console-socket was given but process.terminal is false",
                         "set process.terminal to true in config.json or drop the flag")
+    try:
+        cgroup_path = relative_path(spec.linux.cgroups_path if spec.linux else "")
+    except ValueError as exc:
+        raise ConfigError(f"config.json: linux.{exc}", "fix linux.cgroupsPath") from exc
     st = store(root)
     st.create(ContainerState(id=cid, bundle=str(bundle), rootfs=str(spec.root.path),
                              status="creating", created=now_rfc3339(),
-                             annotations=dict(spec.annotations), sandbox_id=cid))
+                             annotations=dict(spec.annotations), sandbox_id=cid,
+                             host_cgroup=cgroup_path))
     extra = ["--debug"] if debug else []
     if no_pivot:
         extra.append("--no-pivot")  # the launcher moves the root instead of pivot_root
@@ -369,6 +376,8 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
             run_hooks("poststop", hooks, dataclasses.replace(state, status="stopped").oci())
         except KataError as exc:
             log.warning("poststop hooks of %s: %s", cid, exc)
+    if state is not None:
+        host_cgroup.remove(state.host_cgroup)
     if (root / "containers" / cid).exists():
         st.remove(cid)
 

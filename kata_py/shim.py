@@ -30,6 +30,7 @@ import tty as tty_mod
 from pathlib import Path
 from types import FrameType
 
+from kata_py import host_cgroup
 from kata_py.agent_client import AgentClient
 from kata_py.config import load_config
 from kata_py.console import get_winsize, open_pty, send_console, set_winsize
@@ -158,6 +159,7 @@ class Shim:
 
     def setup(self) -> ContainerState:
         state = self.store.load(self.cid)
+        host_cgroup.join(state.host_cgroup)   # QEMU and the daemons inherit it
         spec = load_spec(Path(state.bundle))
         launch, shares = to_launch_config(spec, self.cid, state.bundle)
         launch = dataclasses.replace(launch, no_pivot=self.no_pivot)

@@ -55,6 +55,7 @@ class ContainerState:
     owner: str = ""
     sandbox_id: str = ""
     exit_code: int | None = None
+    host_cgroup: str = ""                  # kata_py.host_cgroup path of the sandbox's processes
 
     def process(self) -> ProcessRef | None:
         return ProcessRef(self.pid, self.pid_start_time, "container") if self.pid else None

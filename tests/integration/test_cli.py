@@ -434,3 +434,27 @@ def test_a_failing_create_container_hook_fails_create_and_leaves_nothing(
     r = kp(root, "create", "-b", str(b), "hkfail")
     _one_line_error(r, b"createContainer hook /bin/sh failed (exit status 4): no GPU here")
     assert kp(root, "state", "hkfail").returncode != 0
+
+
+def test_sandbox_host_processes_live_in_the_specs_cgroups_path(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    from kata_py.host_cgroup import hierarchies
+
+    b = bundle("sleep", "600")
+    config = json.loads((b / "config.json").read_text())
+    config["linux"]["cgroupsPath"] = f"/kata-py-it/{root.name}"
+    (b / "config.json").write_text(json.dumps(config))
+    r = kp(root, "run", "-d", "-b", str(b), "cg")
+    assert r.returncode == 0, r.stderr
+    shim = json.loads(kp(root, "state", "cg").stdout)["pid"]
+    for mount in hierarchies():
+        procs = (mount / "kata-py-it" / root.name / "cgroup.procs").read_text().split()
+        names = sorted(Path(f"/proc/{p}/comm").read_text().strip() for p in procs
+                       if Path(f"/proc/{p}").exists())
+        assert str(shim) in procs, (mount, procs)
+        assert any(n.startswith("qemu-system") for n in names), (mount, names)
+        assert len(procs) >= 4, (mount, names)        # shim, qemu, virtiofsd, vsock backend
+    assert kp(root, "delete", "--force", "cg").returncode == 0
+    for mount in hierarchies():
+        assert not (mount / "kata-py-it" / root.name).exists()
+        (mount / "kata-py-it").rmdir()
