@@ -2,8 +2,8 @@
 nothing but os and json, and hands every other command line to the click
 CLI (kata_py.cli).
 
-Why: conmon and podman 4.x call `state` after every step, and the issue's
-goal is ≤ 30 ms. Interpreter start plus click, logging, dataclasses and
+Why: engines and scripts poll `state` (podman after a failed verb, CI
+labs in loops), and the goal is ≤ 30 ms. Interpreter start plus click, logging, dataclasses and
 pathlib cost 70–100 ms; this path costs interpreter start and a few reads.
 It must answer exactly what `kata_py.state` answers (a unit test compares
 them for every status); anything it does not recognise — another verb, an
