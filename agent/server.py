@@ -19,7 +19,7 @@ import google.protobuf
 import grpc
 
 from kata_py import __version__
-from kata_py.agent import guest, relay, shared
+from kata_py.agent import guest, network, relay, shared
 from kata_py.agent.containers import ContainerManager
 from kata_py.agent.errors import DeadlineExceeded, FailedPrecondition, status_for
 from kata_py.agent.protocols import agent_pb2 as pb
@@ -189,6 +189,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
             processes=[pb.ProcessInfo(pid=pid, args=args)
                        for pid, args in self.containers.processes(request.container_id)]))
 
+    def ConfigureNetwork(self, request: pb.ConfigureNetworkRequest,
+                         context: grpc.ServicerContext) -> Any:
+        return _handle(context, "ConfigureNetwork", _void(
+            lambda: self.do_configure_network(request)))
+
     def _read(self, request: pb.ReadStreamRequest, context: grpc.ServicerContext,
               which: str) -> pb.ReadStreamResponse:
         c = self.containers.get(request.container_id, request.exec_id)
@@ -213,6 +218,14 @@ class AgentService(pb_grpc.AgentServiceServicer):
     def do_read_shared_file(self, path: str, max_bytes: int) -> pb.ReadSharedFileResponse:
         data, size = shared.read_file(self.shared_dir, path, max_bytes)
         return pb.ReadSharedFileResponse(data=data, size=size)
+
+    def do_configure_network(self, request: pb.ConfigureNetworkRequest) -> None:
+        network.configure(
+            [network.Interface(i.name, i.mac, i.mtu,
+                               tuple((a.address, a.prefix_len) for a in i.addresses))
+             for i in request.interfaces],
+            [network.Route(r.destination, r.gateway, r.device, r.source)
+             for r in request.routes])
 
     def do_destroy_sandbox(self) -> pb.Empty:
         log.info("sandbox destroy requested")

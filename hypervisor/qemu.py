@@ -5,7 +5,9 @@ each can be unit-tested against golden output (tests/unit/test_qemu_argv.py).
 QEMU is started with `-daemonize -pidfile`: it outlives the short-lived
 `kata-py` verb that launched it and the parent exits only once every device
 (vhost-user sockets included) is initialised, so launch errors surface as
-a non-zero exit with the reason in the per-sandbox log.
+a non-zero exit with the reason in the per-sandbox log. NICs are taps that
+kata_py/network.py opened in the container's network namespace; QEMU gets
+them as inherited fds (`-netdev tap,fd=N`), never by name.
 
 Machine: `microvm` by default: no PCI, no legacy devices, the smallest
 device model. Measured under TCG (bench/boot.py, medians of 5): the bare
@@ -48,6 +50,16 @@ class VsockDevice:
 
 
 @dataclass(frozen=True)
+class NetDevice:
+    """A virtio-net NIC backed by a tap the host already opened
+    (kata_py/network.py); QEMU inherits `fd` under the same number."""
+
+    id: str
+    fd: int
+    mac: str
+
+
+@dataclass(frozen=True)
 class VmConfig:
     name: str
     binary: str
@@ -65,6 +77,7 @@ class VmConfig:
     virtiofs_socket: Path | None = None
     rootfs: Path | None = None
     tcg_tb_size_mib: int = 32
+    nics: tuple[NetDevice, ...] = ()
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -131,6 +144,17 @@ def vsock_args(cfg: VmConfig) -> list[str]:
             "-device", f"{_device(cfg, 'vhost-user-vsock')},chardev=vsock0"]
 
 
+def net_args(cfg: VmConfig) -> list[str]:
+    # romfile= : no iPXE option ROM on PCI (nothing network-boots; it saves
+    # loading one per NIC). microvm has no option ROMs at all.
+    rom = ",romfile=" if cfg.machine != "microvm" else ""
+    args = []
+    for nic in cfg.nics:
+        args += ["-netdev", f"tap,id={nic.id},fd={nic.fd}",
+                 "-device", f"{_device(cfg, 'virtio-net')},netdev={nic.id},mac={nic.mac}{rom}"]
+    return args
+
+
 def daemon_args(cfg: VmConfig) -> list[str]:
     return ["-daemonize", "-pidfile", str(cfg.pidfile)]
 
@@ -142,7 +166,7 @@ def build_argv(cfg: VmConfig) -> list[str]:
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         *machine_args(cfg), *accel_args(cfg), *memory_args(cfg), *boot_args(cfg),
         *console_args(cfg), *qmp_args(cfg), *rootfs_args(cfg), *virtiofs_args(cfg),
-        *vsock_args(cfg), *cfg.extra_args, *daemon_args(cfg),
+        *vsock_args(cfg), *net_args(cfg), *cfg.extra_args, *daemon_args(cfg),
     ]
 
 
@@ -152,8 +176,10 @@ def launch(cfg: VmConfig, log_path: Path) -> ProcessRef:
     log.debug("qemu argv: %s", " ".join(argv))
     with open(log_path, "ab") as out:
         try:
+            # pass_fds: the NICs' tap fds, which the daemonized QEMU keeps.
             rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                timeout=LAUNCH_TIMEOUT_S, check=False).returncode
+                                timeout=LAUNCH_TIMEOUT_S, check=False,
+                                pass_fds=[nic.fd for nic in cfg.nics]).returncode
         except FileNotFoundError as exc:
             raise HypervisorError(f"QEMU binary {cfg.binary!r} not found",
                                   "install qemu-system-x86 or set [hypervisor] path",

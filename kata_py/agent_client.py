@@ -7,15 +7,18 @@ Generated protobuf types stay inside this module: callers get plain values.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
 from kata_py.agent.protocols import agent_pb2 as pb
 from kata_py.agent.protocols import agent_pb2_grpc as pb_grpc
 from kata_py.errors import AgentError, NotFoundError
+
+if TYPE_CHECKING:
+    from kata_py.network import Interface, Route
 
 T = TypeVar("T")
 
@@ -216,6 +219,17 @@ class AgentClient:
         r = self._call("ListProcesses", self.agent.ListProcesses,
                        pb.ContainerRequest(container_id=container_id))
         return [(int(p.pid), list(p.args)) for p in r.processes]
+
+    def configure_network(self, interfaces: Sequence[Interface], routes: Sequence[Route]
+                          ) -> None:
+        """NICs (found by MAC), their addresses and the routes, in the guest."""
+        request = pb.ConfigureNetworkRequest(
+            interfaces=[pb.Interface(name=i.name, mac=i.mac, mtu=i.mtu, addresses=[
+                pb.IPAddress(address=a.address, prefix_len=a.prefix_len)
+                for a in i.addresses]) for i in interfaces],
+            routes=[pb.Route(destination=r.destination, gateway=r.gateway, device=r.device,
+                             source=r.source) for r in routes])
+        self._call("ConfigureNetwork", self.agent.ConfigureNetwork, request)
 
     def destroy_sandbox(self) -> None:
         self._call("DestroySandbox", self.agent.DestroySandbox,

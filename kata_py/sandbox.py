@@ -1,16 +1,19 @@
 """The sandbox: one micro-VM with its helper daemons, and the only owner of
 start and teardown order.
 
-Start:  state dir → virtiofsd → vsock transport → QEMU → agent answers health.
+Start:  state dir → network (taps, kata_py/network.py) → virtiofsd → vsock
+        transport → QEMU → agent answers health → agent ConfigureNetwork.
 Stop:   agent (DestroySandbox) → VM (QMP quit → TERM → KILL) → virtiofsd and
-        vsock backend → host bind mounts in the share → state dir (never
-        removed while anything below it is still mounted).
+        vsock backend → network (taps, ingress qdiscs) → host bind mounts in
+        the share → state dir (never removed while anything below it is
+        still mounted).
 Any failure during start runs the same stop, so a failed start leaves no
 process, socket or directory behind; the error keeps the last console lines
 because the logs go with the state directory.
 
 On disk: <state_dir>/vm/<id>/ holds sandbox.json (pids with start times,
-written atomically), the sockets, the logs and shared/ (the virtio-fs share).
+the network namespace and its taps; written atomically), the sockets, the
+logs and shared/ (the virtio-fs share).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kata_py import host_mounts
+from kata_py import host_mounts, network
 from kata_py.agent_client import AgentClient
 from kata_py.config import RuntimeConfig
 from kata_py.errors import ConfigError, ExistsError, HypervisorError, KataError, NotFoundError
@@ -93,7 +96,8 @@ class BootTimes:
 
 class Sandbox:
     def __init__(self, sandbox_id: str, cfg: RuntimeConfig,
-                 image: GuestImage | None = None) -> None:
+                 image: GuestImage | None = None, netns: Path | None = None) -> None:
+        """netns: the host network namespace the VM's NICs mirror (None: no NIC)."""
         validate_id(sandbox_id)
         self.id = sandbox_id
         self.cfg = cfg
@@ -107,6 +111,8 @@ class Sandbox:
         self.daemons: list[ProcessRef] = []
         self.agent: AgentClient | None = None
         self.accelerator = ""
+        self.netns = netns
+        self.network: network.SandboxNetwork | None = None
 
     # -- start ---------------------------------------------------------------
 
@@ -139,6 +145,11 @@ class Sandbox:
 
     def _start_in_dir(self, t0: float, image: GuestImage, qemu_binary: str,
                       fsd_binary: str) -> BootTimes:
+        t_network = time.monotonic()
+        if self.netns is not None:
+            self.network = network.setup(self.netns)
+            self._save()
+        network_s = time.monotonic() - t_network
         self.shared_dir.mkdir()
         fs_socket = self.dir / "virtiofs.sock"
         self.daemons.append(virtiofsd.start(fsd_binary, self.shared_dir, fs_socket,
@@ -158,17 +169,33 @@ class Sandbox:
             kernel_params=guest_kernel_params(image, self.cfg),
             console_log=self.console_log, qmp_socket=self.qmp_socket,
             pidfile=self.dir / "qemu.pid", vsock=self.transport.device(),
-            virtiofs_socket=fs_socket, tcg_tb_size_mib=hv.tcg_tb_size_mib)
-        self.vm = qemu.launch(vm_cfg, self.dir / "qemu.log")
+            virtiofs_socket=fs_socket, tcg_tb_size_mib=hv.tcg_tb_size_mib,
+            nics=self._nics())
+        try:
+            self.vm = qemu.launch(vm_cfg, self.dir / "qemu.log")
+        finally:
+            if self.network is not None:
+                self.network.close_fds()  # QEMU has its own copies (or failed)
         self._save()
         t_qemu = time.monotonic()
         self.agent = AgentClient(self.transport.agent_target())
         vm = self.vm
         self.agent.wait_ready(self.cfg.agent.boot_timeout_s, vm.alive)
         t_ready = time.monotonic()
+        if self.network is not None and self.network.interfaces:
+            self.agent.configure_network(self.network.interfaces, self.network.routes)
+            log.info("sandbox %s: taps %.3fs, guest network configured in %.3fs", self.id,
+                     network_s, time.monotonic() - t_ready)
+            t_ready = time.monotonic()
         log.info("sandbox %s ready in %.2fs (%s)", self.id, t_ready - t0, self.accelerator)
         return BootTimes(self.accelerator, t_daemons - t0, t_qemu - t_daemons,
                          t_ready - t_qemu, t_ready - t0)
+
+    def _nics(self) -> tuple[qemu.NetDevice, ...]:
+        if self.network is None:
+            return ()
+        return tuple(qemu.NetDevice(f"net{i}", fd, iface.mac) for i, (fd, iface) in
+                     enumerate(zip(self.network.tap_fds, self.network.interfaces, strict=True)))
 
     def _check_socket_paths(self) -> None:
         longest = self.dir / "vhost-vsock.sock"
@@ -209,6 +236,9 @@ class Sandbox:
             # virtiofsd and the backend exit on their own once QEMU is gone.
             if not daemon.wait(DAEMON_EXIT_WAIT_S):
                 daemon.stop()
+        if self.network is not None:
+            self.network.close_fds()
+            network.teardown(self.network)
         remaining = host_mounts.unmount_all(self.dir) if self.dir.exists() else []
         if remaining:
             # Never rmtree through a bind mount: it would delete the user's files.
@@ -233,6 +263,7 @@ class Sandbox:
             "daemons": [d.to_json() for d in self.daemons],
             "vsock": {"kind": self.transport.kind, "cid": self.transport.device().guest_cid}
             if self.transport else None,
+            "network": self.network.to_json() if self.network else None,
         }
         tmp = self.dir / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=1))
@@ -250,6 +281,9 @@ class Sandbox:
         sb.accelerator = state.get("accelerator", "")
         sb.vm = ProcessRef.from_json(state["vm"]) if state.get("vm") else None
         sb.daemons = [ProcessRef.from_json(d) for d in state.get("daemons", [])]
+        if state.get("network"):
+            sb.network = network.SandboxNetwork.from_json(state["network"])
+            sb.netns = sb.network.netns
         if state.get("vsock"):
             vsock = state["vsock"]
             sb.transport = (KernelVhostTransport(vsock["cid"]) if vsock["kind"] == "vhost"

@@ -37,6 +37,7 @@ from kata_py.console import get_winsize, open_pty, send_console, set_winsize
 from kata_py.errors import KataError
 from kata_py.hooks import run_hooks
 from kata_py.hypervisor.process import read_start_time
+from kata_py.network import netns_path
 from kata_py.sandbox import Sandbox
 from kata_py.sizing import vm_size
 from kata_py.spec import Spec, load_spec
@@ -166,7 +167,7 @@ class Shim:
         size = vm_size(spec, self.cfg.hypervisor)
         self.cfg = dataclasses.replace(self.cfg, hypervisor=dataclasses.replace(
             self.cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
-        self.sandbox = Sandbox(self.cid, self.cfg)
+        self.sandbox = Sandbox(self.cid, self.cfg, netns=netns_path(spec))
         self.sandbox.start()
         for item in shares:
             self.sandbox.share(item)

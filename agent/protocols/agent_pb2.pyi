@@ -39,6 +39,46 @@ class VersionCheckResponse(_message.Message):
     python_version: str
     def __init__(self, grpc_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ...) -> None: ...
 
+class IPAddress(_message.Message):
+    __slots__ = ("address", "prefix_len")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_LEN_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    prefix_len: int
+    def __init__(self, address: _Optional[str] = ..., prefix_len: _Optional[int] = ...) -> None: ...
+
+class Interface(_message.Message):
+    __slots__ = ("name", "mac", "mtu", "addresses")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mac: str
+    mtu: int
+    addresses: _containers.RepeatedCompositeFieldContainer[IPAddress]
+    def __init__(self, name: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ..., addresses: _Optional[_Iterable[_Union[IPAddress, _Mapping]]] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("destination", "gateway", "device", "source")
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    destination: str
+    gateway: str
+    device: str
+    source: str
+    def __init__(self, destination: _Optional[str] = ..., gateway: _Optional[str] = ..., device: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ConfigureNetworkRequest(_message.Message):
+    __slots__ = ("interfaces", "routes")
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    interfaces: _containers.RepeatedCompositeFieldContainer[Interface]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    def __init__(self, interfaces: _Optional[_Iterable[_Union[Interface, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
+
 class UpdateContainerRequest(_message.Message):
     __slots__ = ("container_id", "resources_json")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

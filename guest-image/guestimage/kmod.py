@@ -9,6 +9,9 @@ from that file: dependencies first, each module once, in the order asked for.
 The guest gets the modules the init loads at boot plus a few on-demand ones
 (``modprobe`` from busybox reads the shipped ``modules.dep``), and
 ``/etc/kata-py/modules``: absolute ``.ko`` paths, one per line, in load order.
+``/etc/kata-py/modules.net`` lists, the same way, what virtio_net needs on top
+of the boot modules; the init loads it only when the VM has a virtio-net
+device, so a sandbox without a NIC boots no slower.
 This module must not hand-maintain any order; it only lists what is wanted.
 """
 
@@ -31,9 +34,12 @@ BOOT_MODULES = (
 )
 # Added to the boot set when the rootfs is a virtio-blk image.
 IMAGE_BOOT_MODULES = ("virtio_blk",)
+# Loaded by the init after BOOT_MODULES only when a virtio-net device exists.
+NET_MODULES = ("virtio_net",)
 # Shipped (with modules.dep) but loaded only on demand by the agent (modprobe).
 ON_DEMAND_MODULES = ("virtio_blk", "virtio_net", "virtio_console", "overlay", "virtio_rng")
 LOAD_ORDER_FILE = "etc/kata-py/modules"
+NET_LOAD_ORDER_FILE = "etc/kata-py/modules.net"
 KO_SUFFIXES = (".ko", ".ko.xz")
 
 
@@ -147,7 +153,8 @@ def install_modules(moddir: Path, release: str, dest: Path, boot: Sequence[str])
     builtin = builtin_names(moddir)
     full_dep = (moddir / "modules.dep").read_text()
     order = load_order(full_dep, boot, builtin)
-    shipped_rel = load_order(full_dep, [*boot, *ON_DEMAND_MODULES], builtin)
+    net_order = [r for r in load_order(full_dep, [*boot, *NET_MODULES], builtin) if r not in order]
+    shipped_rel = load_order(full_dep, [*boot, *NET_MODULES, *ON_DEMAND_MODULES], builtin)
     shipped = {module_name(r): everything[module_name(r)] for r in shipped_rel}
     target = dest / "lib/modules" / release
     for rel, _deps in shipped.values():
@@ -161,6 +168,7 @@ def install_modules(moddir: Path, release: str, dest: Path, boot: Sequence[str])
             shutil.copyfile(moddir / extra, target / extra)
     load_file = dest / LOAD_ORDER_FILE
     load_file.parent.mkdir(parents=True, exist_ok=True)
-    abs_paths = [f"/lib/modules/{release}/{r.removesuffix('.xz')}" for r in order]
-    load_file.write_text("".join(p + "\n" for p in abs_paths))
+    for path, rels in ((load_file, order), (dest / NET_LOAD_ORDER_FILE, net_order)):
+        abs_paths = [f"/lib/modules/{release}/{r.removesuffix('.xz')}" for r in rels]
+        path.write_text("".join(p + "\n" for p in abs_paths))
     return [module_name(r) for r in order]

@@ -70,3 +70,28 @@ def test_no_initrd_and_no_share_leave_their_options_out() -> None:
     argv = qemu.build_argv(_cfg(initrd=None, virtiofs_socket=None))
     assert "-initrd" not in argv
     assert not any("vhost-user-fs" in a for a in argv)
+
+
+NICS = (qemu.NetDevice("net0", 7, "aa:bb:cc:00:00:02"),
+        qemu.NetDevice("net1", 9, "aa:bb:cc:00:00:03"))
+
+
+def test_nics_are_taps_by_inherited_fd_on_virtio_mmio() -> None:
+    assert qemu.net_args(_cfg(nics=NICS)) == [
+        "-netdev", "tap,id=net0,fd=7",
+        "-device", "virtio-net-device,netdev=net0,mac=aa:bb:cc:00:00:02",
+        "-netdev", "tap,id=net1,fd=9",
+        "-device", "virtio-net-device,netdev=net1,mac=aa:bb:cc:00:00:03"]
+
+
+def test_nics_on_q35_are_pci_without_an_option_rom() -> None:
+    assert qemu.net_args(_cfg(machine="q35", nics=NICS[:1])) == [
+        "-netdev", "tap,id=net0,fd=7",
+        "-device", "virtio-net-pci,netdev=net0,mac=aa:bb:cc:00:00:02,romfile="]
+
+
+def test_nics_come_after_vsock_and_before_daemonizing() -> None:
+    argv = qemu.build_argv(_cfg(nics=NICS[:1]))
+    assert argv.index("tap,id=net0,fd=7") > argv.index("vhost-user-vsock-device,chardev=vsock0")
+    assert argv.index("tap,id=net0,fd=7") < argv.index("-daemonize")
+    assert "-netdev" not in qemu.build_argv(_cfg())
