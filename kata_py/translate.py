@@ -10,7 +10,8 @@ the guest kernel and pass through unchanged.
 
 Namespaces: a network namespace given by *path* is the host's (made by
 netavark/CNI); the VM's network mirrors it, so the container uses the
-guest's network and no namespace is joined in the guest. Joining any other
+guest's network and no namespace is joined in the guest. A cgroup
+namespace is always created (see _namespaces). Joining any other
 namespace by host path, and user namespaces, are not supported yet and are
 refused with the config.json path.
 """
@@ -81,6 +82,12 @@ def _namespaces(spec: Spec) -> tuple[lc.Namespace, ...]:
             raise ConfigError(f"{where}: joining the {ns.type} namespace at {ns.path} is not "
                               "supported by kata-py yet", "let kata-py create it")
         out.append(lc.Namespace(ns.type))
+    # The guest's cgroup tree (v2) is the VM's own, so a container always gets
+    # a private cgroup namespace: /sys/fs/cgroup shows its own limits, as with
+    # podman on cgroup v2 hosts — also when the host is v1, where podman asks
+    # for the host's cgroup namespace, which does not exist in the VM.
+    if not any(ns.type == "cgroup" for ns in out):
+        out.append(lc.Namespace("cgroup"))
     return tuple(out)
 
 

@@ -53,6 +53,15 @@ def test_in_container_hooks_and_their_state_travel_to_the_guest(tmp_path: Path) 
     assert lc.from_json(lc.to_json(config)) == config
 
 
+def test_a_container_always_gets_its_own_cgroup_namespace_in_the_guest(tmp_path: Path
+                                                                       ) -> None:
+    data = default_spec()
+    data["linux"]["namespaces"] = [ns for ns in data["linux"]["namespaces"]
+                                   if ns["type"] != "cgroup"]       # podman on a v1 host
+    config, _ = to_launch_config(_spec(tmp_path, data), "c1")
+    assert [ns.type for ns in config.namespaces].count("cgroup") == 1
+
+
 def test_podman_binds_are_shared_and_rewritten(tmp_path: Path) -> None:
     config, shares = to_launch_config(_podman(tmp_path), "c2")
     binds = {m.destination: m for m in config.mounts if m.type == "bind"}
