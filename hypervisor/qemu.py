@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kata_py.errors import HypervisorError
+from kata_py.errors import LOGS_HINT, HypervisorError
 from kata_py.hypervisor.process import ProcessRef, log_tail
 
 log = logging.getLogger(__name__)
@@ -186,19 +186,20 @@ def launch(cfg: VmConfig, log_path: Path) -> ProcessRef:
                                   argv=argv) from exc
         except subprocess.TimeoutExpired as exc:
             raise HypervisorError(f"QEMU for {cfg.name} did not finish starting in "
-                                  f"{LAUNCH_TIMEOUT_S:.0f}s", f"see {log_path}",
+                                  f"{LAUNCH_TIMEOUT_S:.0f}s", LOGS_HINT,
                                   argv=argv, log_tail=log_tail(log_path)) from exc
     if rc != 0:
         tail = log_tail(log_path, 3)
         reason = tail.splitlines()[-1] if tail else f"exit code {rc}"
         raise HypervisorError(f"QEMU for {cfg.name} failed to start: {reason}",
-                              f"see {log_path}", argv=argv, log_tail=tail, exit_code=rc)
+                              LOGS_HINT, argv=argv, log_tail=tail,
+                              exit_code=rc)
     pid = int(cfg.pidfile.read_text().strip())
     try:
         return ProcessRef.of(pid, "qemu")
     except ProcessLookupError as exc:
         raise HypervisorError(f"QEMU for {cfg.name} exited right after starting",
-                              f"see {cfg.console_log} and {log_path}", argv=argv,
+                              LOGS_HINT, argv=argv,
                               log_tail=log_tail(log_path)) from exc
 
 

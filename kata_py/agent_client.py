@@ -97,10 +97,10 @@ class AgentClient:
                 return time.monotonic() - start
             if not still_booting():
                 raise AgentError("the VM stopped before the agent answered",
-                                 "see the sandbox console log")
+                                 "rerun with --debug to see the guest's console")
         raise AgentError(f"the agent did not answer within {deadline_s:.0f}s",
-                         "see the sandbox console log; raise [agent] boot_timeout_s on "
-                         "slow hosts")
+                         "raise [agent] boot_timeout_s on slow hosts; rerun with --debug to "
+                         "see the guest's console")
 
     def version(self) -> dict[str, str]:
         r = self._call("Version", self.health.Version,

@@ -48,6 +48,11 @@ class ImageError(KataError):
     pass
 
 
+# A failed start removes the sandbox directory and its logs; with --debug
+# their tails are logged first (kata_py.sandbox), so that is where to look.
+LOGS_HINT = "rerun with --debug to see the logs (a failed start removes them)"
+
+
 class HypervisorError(KataError):
     """A hypervisor-side process failed; keeps its argv and the tail of its log."""
 

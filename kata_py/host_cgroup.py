@@ -101,6 +101,15 @@ def join(path: str, pid: int | None = None) -> None:
             log.warning("host cgroup %s: %s (the sandbox runs outside it)", directory, exc)
 
 
+def _leave(directory: Path) -> None:
+    """A shim tearing down its own failed create is still inside: move to the parent."""
+    try:
+        if str(os.getpid()) in (directory / "cgroup.procs").read_text().split():
+            (directory.parent / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        pass
+
+
 def remove(path: str) -> None:
     """Remove the leaf `path` from every hierarchy once its processes are
     gone (parents belong to the engine). Never raises."""
@@ -108,6 +117,7 @@ def remove(path: str) -> None:
         return
     for mount in hierarchies():
         directory = mount / path.lstrip("/")
+        _leave(directory)
         deadline = time.monotonic() + REMOVE_WAIT_S
         while directory.exists():
             try:

@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.exec_id:
         return _serve_exec(args.root, args.id, args.exec_id, args.config, args.notify_fd,
                            args.console_socket)
+    # With --debug, create's stderr also gets the setup's log (a failed start
+    # removes shim.log and the sandbox's logs with it), until the container exists.
+    echo = logging.StreamHandler(sys.stderr) if args.debug else None
+    if echo is not None:
+        echo.setFormatter(logging.Formatter("kata-py shim: %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(echo)
     try:
         shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot)
         shim.setup()
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         _teardown_failed_create(args.root, args.id, args.config)
         _notify(args.notify_fd, f"error internal error: {type(exc).__name__}: {exc}")
         return 1
+    if echo is not None:
+        logging.getLogger().removeHandler(echo)   # stderr is the container's from here on
     _notify(args.notify_fd, f"ok {os.getpid()}")
     return shim.serve()
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Literal, Protocol
 
-from kata_py.errors import HypervisorError, ResourceError
+from kata_py.errors import LOGS_HINT, HypervisorError, ResourceError
 from kata_py.hypervisor.process import ProcessRef, log_tail, spawn_daemon
 from kata_py.hypervisor.qemu import VsockDevice
 
@@ -98,7 +98,8 @@ class UserBackendTransport:
             if not _read_ready(read_fd, proc, BACKEND_READY_TIMEOUT_S):
                 tail = log_tail(self.log_path, 3)
                 raise HypervisorError("the vhost-user vsock backend failed to start",
-                                      f"see {self.log_path}", argv=argv, log_tail=tail)
+                                      LOGS_HINT,
+                                      argv=argv, log_tail=tail)
         finally:
             os.close(read_fd)
             if write_fd >= 0:
