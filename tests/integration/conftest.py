@@ -8,9 +8,12 @@ process, socket, mount or state directory of the test's sandboxes survived.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +23,38 @@ from kata_py.config import RuntimeConfig, load_config
 from kata_py.sandbox import Sandbox
 
 LOGS = ("console.log", "qemu.log", "vsock-backend.log", "virtiofsd.log")
+APPLETS = ("sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "env", "pwd",
+           "wget", "ping", "ip", "time", "md5sum")
+CLI_TIMEOUT_S = 240.0
+
+
+def busybox_rootfs(rootfs: Path, dirs: Iterable[str] = ("proc", "dev", "sys", "tmp", "etc")
+                   ) -> Path:
+    """A root filesystem of the host's static busybox and its applet links."""
+    (rootfs / "bin").mkdir(parents=True)
+    for d in dirs:
+        (rootfs / d).mkdir()
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in APPLETS:
+        os.symlink("busybox", rootfs / "bin" / applet)
+    return rootfs
+
+
+def cli_argv(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "kata_py.cli", "--root", str(root), *args]
+
+
+def kp(root: Path, *args: str, stdin: bytes = b"", timeout: float = CLI_TIMEOUT_S
+       ) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI. Output goes to files, not pipes: after `create` the shim
+    keeps the caller's stdio (as a runc container would), so a pipe would
+    not see EOF until the container exits."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(cli_argv(root, *args), input=stdin, stdout=out, stderr=err,
+                              timeout=timeout, check=False)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import select
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,11 +22,10 @@ import pytest
 from kata_py.console import recv_console, set_winsize
 from kata_py.spec_default import default_spec
 
-from .conftest import leftovers
+from .conftest import busybox_rootfs, cli_argv, kp, leftovers
 
 pytestmark = pytest.mark.vm
 
-APPLETS = ("sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "env", "pwd")
 
 
 @pytest.fixture
@@ -35,7 +33,7 @@ def root() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="kpc-", dir="/tmp"))
     yield path
     for cid in (os.listdir(path / "containers") if (path / "containers").exists() else ()):
-        subprocess.run(_argv(path, "delete", "--force", cid), capture_output=True, timeout=120)
+        subprocess.run(cli_argv(path, "delete", "--force", cid), capture_output=True, timeout=120)
     assert leftovers(str(path)) == []
     assert not any((path / "vm").iterdir()) if (path / "vm").exists() else True
     assert not any((path / "containers").iterdir()) if (path / "containers").exists() else True
@@ -47,35 +45,13 @@ def bundle(tmp_path: Path) -> Callable[..., Path]:
     def make(*args: str, **process: Any) -> Path:
         rootfs = tmp_path / "rootfs"
         if not rootfs.exists():
-            (rootfs / "bin").mkdir(parents=True)
-            for d in ("proc", "dev", "sys", "tmp", "etc"):
-                (rootfs / d).mkdir()
-            shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
-            for applet in APPLETS:
-                os.symlink("busybox", rootfs / "bin" / applet)
+            busybox_rootfs(rootfs)
         spec = default_spec()
         spec["process"].update(terminal=False, args=list(args), **process)
         spec["hostname"] = "kp"
         (tmp_path / "config.json").write_text(json.dumps(spec))
         return tmp_path
     return make
-
-
-def _argv(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "kata_py.cli", "--root", str(root), *args]
-
-
-def kp(root: Path, *args: str, stdin: bytes = b"", timeout: float = 180
-       ) -> subprocess.CompletedProcess[bytes]:
-    """Run the CLI. Output goes to files, not pipes: after `create` the shim
-    keeps the caller's stdio (as a runc container would), so a pipe would
-    not see EOF until the container exits."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(_argv(root, *args), input=stdin, stdout=out, stderr=err,
-                              timeout=timeout, check=False)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
 
 
 def test_run_propagates_output_and_exit_code_3(root: Path, bundle: Callable[..., Path]
@@ -96,7 +72,7 @@ def test_run_exit_0_and_stdin_reaches_the_process(root: Path, bundle: Callable[.
 
 def test_sigkill_makes_run_exit_137(root: Path, bundle: Callable[..., Path]) -> None:
     b = bundle("sleep", "600")
-    proc = subprocess.Popen(_argv(root, "run", "-b", str(b), "r137"),
+    proc = subprocess.Popen(cli_argv(root, "run", "-b", str(b), "r137"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

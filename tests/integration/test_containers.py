@@ -4,8 +4,6 @@ virtio-fs; output, stdin, exit codes and signals travel over vsock."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -18,12 +16,11 @@ from kata_py.config import RuntimeConfig
 from kata_py.errors import AgentError
 from kata_py.sandbox import Sandbox
 
-from .conftest import leftovers
+from .conftest import busybox_rootfs, leftovers
 
 pytestmark = pytest.mark.vm
 
 GUEST_SHARE = "/run/kata-py/shared"
-APPLETS = ("sh", "echo", "cat", "hostname", "sleep", "id", "ls", "true")
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +33,7 @@ def sandbox(runtime_config: RuntimeConfig) -> Iterator[Sandbox]:
 
 
 def _rootfs(sb: Sandbox, cid: str) -> str:
-    root = sb.shared_dir / cid / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    for d in ("proc", "dev", "tmp", "etc"):
-        (root / d).mkdir()
-    shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    for applet in APPLETS:
-        os.symlink("busybox", root / "bin" / applet)
+    busybox_rootfs(sb.shared_dir / cid / "rootfs", ("proc", "dev", "tmp", "etc"))
     return f"{GUEST_SHARE}/{cid}/rootfs"
 
 

@@ -29,30 +29,15 @@ from kata_py.config import RuntimeConfig
 from kata_py.sandbox import Sandbox
 from kata_py.spec_default import default_spec
 
-from .conftest import leftovers
+from .conftest import busybox_rootfs, cli_argv, kp, leftovers
 from .netns import VethPair, ip, leftover_devices, veth_pair
 
 pytestmark = pytest.mark.vm
 
-APPLETS = ("sh", "cat", "ls", "wget", "ping", "ip", "echo", "time", "true", "md5sum")
 RUN_TIMEOUT_S = 240
 SERVER_START_S = 20
 HTTP_PORT = 8213
 BIG_FILE_BYTES = 8 << 20
-
-
-def _argv(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "kata_py.cli", "--root", str(root), *args]
-
-
-def kp(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """The CLI with its output in files (the shim keeps create's stdio)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(_argv(root, *args), stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=err, timeout=RUN_TIMEOUT_S, check=False)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
 
 
 @pytest.fixture
@@ -60,7 +45,7 @@ def root() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="kpn-", dir="/tmp"))
     yield path
     for cid in (os.listdir(path / "containers") if (path / "containers").exists() else ()):
-        subprocess.run(_argv(path, "delete", "--force", cid), capture_output=True,
+        subprocess.run(cli_argv(path, "delete", "--force", cid), capture_output=True,
                        timeout=RUN_TIMEOUT_S)
     assert leftovers(str(path)) == []
     shutil.rmtree(path)
@@ -68,13 +53,7 @@ def root() -> Iterator[Path]:
 
 def _bundle(directory: Path, script: str, netns: Path | None,
             mounts: tuple[dict[str, Any], ...] = ()) -> Path:
-    rootfs = directory / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    for d in ("proc", "dev", "sys", "tmp", "etc"):
-        (rootfs / d).mkdir()
-    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
-    for applet in APPLETS:
-        os.symlink("busybox", rootfs / "bin" / applet)
+    busybox_rootfs(directory / "rootfs")
     spec = default_spec()
     spec["process"].update(terminal=False, args=["sh", "-c", script])
     for kind in ("bounding", "effective", "permitted"):
