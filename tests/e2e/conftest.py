@@ -15,11 +15,20 @@ into a tarball cached under /var/cache/kata-py/e2e/ and `podman import`ed
 get it (scripts/setup.sh installs it).
 
 After every test: `podman rm -af`, its kata-py logs printed if it failed,
-and no qemu/virtiofsd/vsock backend/shim/conmon of the session may be left.
+and no qemu/virtiofsd/vsock backend/shim/conmon of the session may be left,
+nor the host cgroup (podman's cgroupfs `libpod_parent/libpod-<id>`) of a
+container the test created.
+
+A test can give kata-py a runtime config of its own for a while
+(`Podman.runtime_config`): the wrapper exports KATA_PY_CONFIG while
+`<session>/kata-py.toml` exists (podman passes the runtime no environment of
+the test's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import io
 import os
@@ -47,6 +56,10 @@ IMAGE = "localhost/busybox:latest"
 IMAGE_LAYOUT = b"busybox image v1"       # bump when busybox_tar() changes what it writes
 PODMAN_TIMEOUT_S = 120.0                 # one verb; a VM boot is ~6 s under TCG
 LEFTOVER_WAIT_S = 15.0                   # conmon and `podman container cleanup` exit late
+CGROUP_WAIT_S = 5.0                      # delete removes them before `podman rm` returns
+# podman's cgroupfs manager: linux.cgroupsPath = <cgroup_parent>/libpod-<id> in every hierarchy
+HOST_CGROUPS = ("/sys/fs/cgroup/libpod_parent/libpod-{id}",
+                "/sys/fs/cgroup/*/libpod_parent/libpod-{id}")
 SETUP_HINT = "run scripts/setup.sh (it installs podman, conmon, netavark, aardvark-dns)"
 
 
@@ -69,6 +82,34 @@ class Podman:
             if not found or time.monotonic() > deadline:
                 return found
             time.sleep(0.5)
+
+    def leaked_cgroups(self, ids: set[str]) -> list[str]:
+        """Host cgroups of the containers `ids` still there (kata-py's delete
+        removes them), after giving cleanup time to finish."""
+        deadline = time.monotonic() + CGROUP_WAIT_S
+        while True:
+            found = sorted(path for cid in ids for pattern in HOST_CGROUPS
+                           for path in glob.glob(pattern.format(id=cid)))
+            if not found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+    def created_ids(self) -> set[str]:
+        """Every container this session's podman ever created (its events log)."""
+        res = self("events", "--stream=false", "--filter", "event=create",
+                   "--format", "{{.ID}}")
+        assert res.returncode == 0, res.stderr
+        return set(res.stdout.split())
+
+    @contextlib.contextmanager
+    def runtime_config(self, toml: str) -> Iterator[Path]:
+        """kata-py runs with this runtime config (TOML text) until the block ends."""
+        path = self.base / "kata-py.toml"
+        path.write_text(toml)
+        try:
+            yield path
+        finally:
+            path.unlink()
 
     def __call__(self, *args: str, stdin: bytes | None = None,
                  timeout: float = PODMAN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -169,7 +210,9 @@ def podman_session() -> Iterator[Podman]:
     base = Path(tempfile.mkdtemp(prefix="kpe", dir="/tmp"))   # short: unix socket paths
     kata_root = base / "k"
     runtime = base / "kata-py"
-    runtime.write_text(f'#!/bin/sh\nexec {KATA_PY} --root {kata_root} "$@"\n')
+    config = base / "kata-py.toml"                           # Podman.runtime_config
+    runtime.write_text(f'#!/bin/sh\n[ -f {config} ] && export KATA_PY_CONFIG={config}\n'
+                       f'exec {KATA_PY} --root {kata_root} "$@"\n')
     runtime.chmod(0o755)
     (base / "containers.conf").write_text(containers_conf(base, runtime))
     (base / "storage.conf").write_text(storage_conf(base))
@@ -200,6 +243,7 @@ def _print_logs(kata_root: Path) -> None:
 def podman(request: pytest.FixtureRequest, podman_session: Podman) -> Iterator[Podman]:
     """The session's podman; after the test every container is removed and
     nothing of it may survive."""
+    before = podman_session.created_ids()
     yield podman_session
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
@@ -207,6 +251,12 @@ def podman(request: pytest.FixtureRequest, podman_session: Podman) -> Iterator[P
     removed = podman_session("rm", "--all", "--force", "--time", "0")
     assert removed.returncode == 0, removed.stderr
     assert podman_session.leftovers() == [], f"left behind by {request.node.name}"
+    leaked = podman_session.leaked_cgroups(podman_session.created_ids() - before)
+    for path in leaked:                              # reported below; not kept on the host
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    assert leaked == [], (f"{len(leaked)} host cgroups left behind by {request.node.name}: "
+                          + " ".join(leaked))
     for sub in ("containers", "vm"):
         directory = podman_session.kata_root / sub
         assert not (directory.exists() and any(directory.iterdir())), f"{directory} not empty"
