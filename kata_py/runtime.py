@@ -331,17 +331,18 @@ def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:
     crun do: podman deletes after a failed create), removing any leftovers."""
     st = store(root)
     try:
+        # Under the lock throughout: podman's `run --rm` and conmon's cleanup
+        # both delete, at the same moment; the second waits, then finds nothing.
         with st.lock(cid):
             state = st.load(cid)
             if state.status in ("running", "paused") and not force:
                 raise StateError(f"container {cid} is {state.status}",
                                  "stop it first, or use `kata-py delete --force`")
+            destroy(root, cid, config_path, run_poststop=True)
     except NotFoundError:
         if not force:
             raise
         destroy(root, cid, config_path)
-        return
-    destroy(root, cid, config_path, run_poststop=True)
 
 
 def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = False) -> None:
