@@ -21,6 +21,7 @@ import re
 import select
 import signal
 import struct
+import subprocess
 import termios
 import time
 from pathlib import Path
@@ -201,6 +202,16 @@ def test_logs_follow_wait_and_restart_with_a_volume(podman: Podman, tmp_path: Pa
     assert podman.ok("logs", "job") == expected * 2
 
 
+def _runtime_state(podman: Podman, name: str) -> tuple[str, int]:
+    """`kata-py state` as podman would call it (its runtime wrapper, full id)."""
+    cid = _inspect(podman, name, "{{.Id}}")
+    out = subprocess.run([str(podman.runtime), "state", cid], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    state = json.loads(out)
+    assert state["id"] == cid
+    return state["status"], state["pid"]
+
+
 def test_pause_freezes_the_container_and_stop_kills_one_that_ignores_term(
         podman: Podman, tmp_path: Path) -> None:
     counter = tmp_path / "n"
@@ -210,9 +221,11 @@ def test_pause_freezes_the_container_and_stop_kills_one_that_ignores_term(
     assert _wait_for_counter(counter, 2) > 2
     status, pid = _inspect(podman, "count", "{{.State.Status}} {{.State.Pid}}").split()
     assert status == "running" and int(pid) > 0
+    assert _runtime_state(podman, "count") == ("running", int(pid))   # podman 4.3 may ask
 
     podman.ok("pause", "count")
     assert _inspect(podman, "count", "{{.State.Status}}") == "paused"
+    assert _runtime_state(podman, "count") == ("paused", int(pid))
     frozen = _read_counter(counter)
     time.sleep(2.0)
     assert _read_counter(counter) == frozen
@@ -221,6 +234,7 @@ def test_pause_freezes_the_container_and_stop_kills_one_that_ignores_term(
 
     podman.ok("unpause", "count")
     assert _inspect(podman, "count", "{{.State.Status}}") == "running"
+    assert _runtime_state(podman, "count") == ("running", int(pid))
     assert _wait_for_counter(counter, frozen) > frozen
 
     started = time.monotonic()
