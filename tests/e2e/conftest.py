@@ -54,13 +54,16 @@ CACHE = Path("/var/cache/kata-py/e2e")
 BUSYBOX = Path("/bin/busybox")
 IMAGE = "localhost/busybox:latest"
 IMAGE_LAYOUT = b"busybox image v1"       # bump when busybox_tar() changes what it writes
+DEBIAN_IMAGE = "localhost/debian:bookworm-minbase"
+DEBIAN_BUILD = ["mmdebstrap", "--variant=minbase", "--quiet", "bookworm"]  # the host's mirror
+DEBIAN_BUILD_TIMEOUT_S = 600.0
 PODMAN_TIMEOUT_S = 120.0                 # one verb; a VM boot is ~6 s under TCG
 LEFTOVER_WAIT_S = 15.0                   # conmon and `podman container cleanup` exit late
 CGROUP_WAIT_S = 5.0                      # delete removes them before `podman rm` returns
 # podman's cgroupfs manager: linux.cgroupsPath = <cgroup_parent>/libpod-<id> in every hierarchy
 HOST_CGROUPS = ("/sys/fs/cgroup/libpod_parent/libpod-{id}",
                 "/sys/fs/cgroup/*/libpod_parent/libpod-{id}")
-SETUP_HINT = "run scripts/setup.sh (it installs podman, conmon, netavark, aardvark-dns)"
+SETUP_HINT = "run scripts/setup.sh (it installs podman, conmon, netavark, aardvark-dns, mmdebstrap)"
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,26 @@ def storage_conf(base: Path) -> str:
             f'runroot = "{base / "run"}"\n')
 
 
+def debian_tar() -> Path:
+    """A minimal Debian 12 root filesystem from the Debian mirror (mmdebstrap,
+    ~25 s), cached under CACHE by its build command."""
+    if shutil.which("mmdebstrap") is None:
+        pytest.fail(f"mmdebstrap is not installed: {SETUP_HINT}", pytrace=False)
+    digest = hashlib.sha256(" ".join(DEBIAN_BUILD).encode()).hexdigest()[:12]
+    path = CACHE / f"debian-{digest}.tar"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tar")   # mmdebstrap reads the suffix
+    try:
+        subprocess.run([*DEBIAN_BUILD, str(tmp)], check=True, capture_output=True,
+                       timeout=DEBIAN_BUILD_TIMEOUT_S)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def busybox_tar() -> Path:
     """A root filesystem of busybox-static: /bin with every applet, root and
     nobody in /etc/passwd and /etc/group, /tmp; cached by busybox's hash."""
@@ -230,6 +253,14 @@ def podman_session() -> Iterator[Podman]:
         left += leftovers(str(base))
         shutil.rmtree(base, ignore_errors=True)
         assert left == [], "left behind by the e2e session"
+
+
+@pytest.fixture(scope="session")
+def debian_image(podman_session: Podman) -> str:
+    """The Debian image, imported once per session for the tests that want it."""
+    podman_session.ok("import", "--change", 'CMD ["bash"]', str(debian_tar()), DEBIAN_IMAGE,
+                      timeout=DEBIAN_BUILD_TIMEOUT_S)
+    return DEBIAN_IMAGE
 
 
 def _print_logs(kata_root: Path) -> None:

@@ -290,3 +290,16 @@ def test_two_containers_at_once_top_stats_and_sigkill(podman: Podman) -> None:
     podman.ok("rm", *sleeps)
     assert podman.ok("ps", "--all", "--quiet") == ""
     assert podman.leftovers() == []
+
+
+def test_a_debian_image_runs_its_own_userland(podman: Podman, debian_image: str,
+                                              tmp_path: Path) -> None:
+    """A real distribution rootfs (glibc, bash, dpkg's database: thousands of
+    files through virtio-fs) built from the Debian mirror, not busybox."""
+    script = ('. /etc/os-release; echo "$VERSION_CODENAME"; getent passwd root | cut -d: -f7; '
+              "dpkg-query -W -f='${Status}\\n' coreutils; "
+              'echo "written by $(bash --version | head -1 | cut -d" " -f1-4)" > /data/out')
+    out = podman.ok("run", "--rm", *NONE, "-v", f"{tmp_path}:/data", debian_image,
+                    "bash", "-c", script)
+    assert out.splitlines() == ["bookworm", "/bin/bash", "install ok installed"]
+    assert (tmp_path / "out").read_text().startswith("written by GNU bash, version 5.2")
