@@ -15,10 +15,10 @@ runtime-spec `process.capabilities` lists name).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter already has libc loaded; find_library("c") would run ldconfig.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 # <sched.h> namespace flags (OCI linux.namespaces[].type → flag).
 CLONE_NEWNS = 0x00020000

@@ -88,3 +88,19 @@ def test_an_agent_that_is_not_there_is_reported_unavailable(tmp_path: Path) -> N
     with pytest.raises(AgentError, match="VM stopped before the agent answered"):
         client.wait_ready(5, lambda: False)
     client.close()
+
+
+def test_the_launcher_starts_without_site_only_where_kata_py_is_laid_out_as_installed(
+        tmp_path: Path) -> None:
+    from kata_py.agent.containers import _launcher_start
+
+    installed = tmp_path / "dist-packages" / "kata_py" / "agent"
+    installed.mkdir(parents=True)
+    (installed.parent / "__init__.py").write_text("")
+    (installed / "launcher.py").write_text("")
+    start = _launcher_start(str(installed / "containers.py"))
+    assert start[:2] == ("-S", "-c") and repr(str(tmp_path / "dist-packages")) in start[2]
+    checkout = tmp_path / "repo" / "agent"          # setuptools maps agent/ to kata_py.agent
+    checkout.mkdir(parents=True)
+    (checkout / "launcher.py").write_text("")
+    assert _launcher_start(str(checkout / "containers.py")) == ("-m", "kata_py.agent.launcher")
