@@ -223,7 +223,9 @@ def _spawn_shim(root: Path, cid: str, config_path: str | None,
                 *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start a shim with our stdio and return it with its first notify line."""
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "kata_py.shim", "--root", str(root), "--id", cid,
+    # -P: never the current directory first on sys.path (a checkout's kata_py/
+    # would shadow the installed package).
+    argv = [sys.executable, "-P", "-m", "kata_py.shim", "--root", str(root), "--id", cid,
             "--notify-fd", str(write_fd), *extra]
     if config_path:
         argv += ["--config", config_path]

@@ -85,7 +85,7 @@ class UserBackendTransport:
 
     def start(self) -> None:
         read_fd, write_fd = os.pipe()
-        argv = [sys.executable, "-m", "kata_py.hypervisor.vsock.backend",
+        argv = [sys.executable, "-P", "-m", "kata_py.hypervisor.vsock.backend",  # -P: no cwd
                 "--socket", str(self.vhost_socket), "--uds", str(self.uds),
                 "--guest-cid", str(GUEST_CID),
                 "--listen", f"{AGENT_PORT}={self.agent_socket}",
