@@ -52,7 +52,6 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,15 +66,14 @@ if str(REPO) not in sys.path:
 
 from tests.e2e.conftest import (  # noqa: E402
     IMAGE,
-    KATA_PY,
     Podman,
     _unmount_below,
     busybox_tar,
-    containers_conf,
-    storage_conf,
+    new_podman,
 )
 
 CACHE = Path("/var/cache/kata-py/bench")
+CALLS_LOG = "kata-py-calls.log"
 IPERF3 = Path("/usr/bin/iperf3")
 GNU_DD = Path("/usr/bin/dd")             # busybox-static's dd prints no "bytes copied" line
 HOST_BINARIES = (IPERF3, GNU_DD)         # copied into the bench image with their libraries
@@ -141,18 +139,10 @@ def _podman_ok(podman: Podman, *args: str) -> subprocess.CompletedProcess[str]:
 def private_podman() -> Iterator[Podman]:
     """A podman with its own config, storage and kata-py root below a temp
     dir; every container and image of it, and the dir, removed at the end."""
-    base = Path(tempfile.mkdtemp(prefix="kpbp", dir="/tmp"))   # short: unix socket paths
-    kata_root = base / "k"
-    runtime = base / "kata-py"
-    calls = base / "kata-py-calls.log"        # what podman/conmon asked, for a leak's post-mortem
-    runtime.write_text(f'#!/bin/sh\necho "$(date +%T.%N) $*" >> {calls}\n'
-                       f'exec {KATA_PY} --root {kata_root} "$@"\n')
-    runtime.chmod(0o755)
-    (base / "containers.conf").write_text(containers_conf(base, runtime))
-    (base / "storage.conf").write_text(storage_conf(base))
-    env = dict(os.environ, CONTAINERS_CONF=str(base / "containers.conf"),
-               CONTAINERS_STORAGE_CONF=str(base / "storage.conf"))
-    podman = Podman(base, kata_root, runtime, env)
+    # the runtime calls podman/conmon made, for a leak's post-mortem
+    podman = new_podman("kpbp", lambda base: f'echo "$(date +%T.%N) $*" >> {base / CALLS_LOG}\n')
+    base = podman.base
+    calls = base / CALLS_LOG
     try:
         yield podman
     finally:

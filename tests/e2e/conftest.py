@@ -39,7 +39,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,22 +226,28 @@ def _unmount_below(base: Path) -> None:
         subprocess.run(["umount", point], capture_output=True, timeout=30, check=False)
 
 
-@pytest.fixture(scope="session")
-def podman_session() -> Iterator[Podman]:
-    _require("podman")
-    _require("conmon")
-    base = Path(tempfile.mkdtemp(prefix="kpe", dir="/tmp"))   # short: unix socket paths
+def new_podman(prefix: str, prelude: Callable[[Path], str] = lambda base: "") -> Podman:
+    """A podman with its own config and storage below a new temp dir; its
+    runtime is a wrapper (with `prelude(base)` first) that runs this
+    checkout's kata-py with `--root` below that dir."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))   # short: unix socket paths
     kata_root = base / "k"
     runtime = base / "kata-py"
-    config = base / "kata-py.toml"                           # Podman.runtime_config
-    runtime.write_text(f'#!/bin/sh\n[ -f {config} ] && export KATA_PY_CONFIG={config}\n'
-                       f'exec {KATA_PY} --root {kata_root} "$@"\n')
+    runtime.write_text(f'#!/bin/sh\n{prelude(base)}exec {KATA_PY} --root {kata_root} "$@"\n')
     runtime.chmod(0o755)
     (base / "containers.conf").write_text(containers_conf(base, runtime))
     (base / "storage.conf").write_text(storage_conf(base))
     env = dict(os.environ, CONTAINERS_CONF=str(base / "containers.conf"),
                CONTAINERS_STORAGE_CONF=str(base / "storage.conf"))
-    podman = Podman(base, kata_root, runtime, env)
+    return Podman(base, kata_root, runtime, env)
+
+
+@pytest.fixture(scope="session")
+def podman_session() -> Iterator[Podman]:
+    _require("podman")
+    _require("conmon")
+    podman = new_podman("kpe", lambda base: f'[ -f {base / "kata-py.toml"} ] && '
+                        f'export KATA_PY_CONFIG={base / "kata-py.toml"}\n')  # runtime_config
     try:
         podman.ok("import", "--change", 'CMD ["sh"]', str(busybox_tar()), IMAGE)
         yield podman
@@ -249,9 +255,9 @@ def podman_session() -> Iterator[Podman]:
         podman("rm", "--all", "--force", "--time", "0")
         podman("rmi", "--all", "--force")
         left = podman.leftovers()
-        _unmount_below(base)
-        left += leftovers(str(base))
-        shutil.rmtree(base, ignore_errors=True)
+        _unmount_below(podman.base)
+        left += leftovers(str(podman.base))
+        shutil.rmtree(podman.base, ignore_errors=True)
         assert left == [], "left behind by the e2e session"
 
 
