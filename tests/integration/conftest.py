@@ -110,3 +110,24 @@ def sandboxes(request: pytest.FixtureRequest,
     for sb in made:
         assert not sb.dir.exists(), f"state directory {sb.dir} survived"
         assert leftovers(str(sb.dir)) == [], f"left behind by {sb.id}"
+
+
+@pytest.fixture
+def root(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A --root for CLI tests. Afterwards: the logs of its sandboxes printed if
+    the test failed, every container deleted, and nothing of it left."""
+    path = Path(tempfile.mkdtemp(prefix="kpc-", dir="/tmp"))
+    yield path
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for log_path in [*path.glob("containers/*/shim.log"), *path.glob("vm/*/*.log")]:
+            print(f"----- {log_path} (last 40 lines) -----")
+            print("\n".join(log_path.read_text(errors="replace").splitlines()[-40:]))
+    containers = path / "containers"
+    for cid in (os.listdir(containers) if containers.exists() else ()):
+        subprocess.run(cli_argv(path, "delete", "--force", cid), capture_output=True,
+                       timeout=CLI_TIMEOUT_S)
+    assert leftovers(str(path)) == []
+    for sub in ("vm", "containers"):
+        assert not ((path / sub).exists() and any((path / sub).iterdir())), f"{sub} not empty"
+    shutil.rmtree(path)

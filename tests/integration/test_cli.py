@@ -10,10 +10,9 @@ import select
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,10 @@ import pytest
 from kata_py.console import recv_console, set_winsize
 from kata_py.spec_default import default_spec
 
-from .conftest import busybox_rootfs, cli_argv, kp, leftovers
+from .conftest import busybox_rootfs, cli_argv, kp
 
 pytestmark = pytest.mark.vm
 
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kpc-", dir="/tmp"))
-    yield path
-    for cid in (os.listdir(path / "containers") if (path / "containers").exists() else ()):
-        subprocess.run(cli_argv(path, "delete", "--force", cid), capture_output=True, timeout=120)
-    assert leftovers(str(path)) == []
-    assert not any((path / "vm").iterdir()) if (path / "vm").exists() else True
-    assert not any((path / "containers").iterdir()) if (path / "containers").exists() else True
-    shutil.rmtree(path)
 
 
 @pytest.fixture

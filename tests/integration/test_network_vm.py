@@ -14,10 +14,8 @@ import os
 import re
 import secrets
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +27,7 @@ from kata_py.config import RuntimeConfig
 from kata_py.sandbox import Sandbox
 from kata_py.spec_default import default_spec
 
-from .conftest import busybox_rootfs, cli_argv, kp, leftovers
+from .conftest import busybox_rootfs, kp
 from .netns import VethPair, ip, leftover_devices, veth_pair
 
 pytestmark = pytest.mark.vm
@@ -38,17 +36,6 @@ RUN_TIMEOUT_S = 240
 SERVER_START_S = 20
 HTTP_PORT = 8213
 BIG_FILE_BYTES = 8 << 20
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kpn-", dir="/tmp"))
-    yield path
-    for cid in (os.listdir(path / "containers") if (path / "containers").exists() else ()):
-        subprocess.run(cli_argv(path, "delete", "--force", cid), capture_output=True,
-                       timeout=RUN_TIMEOUT_S)
-    assert leftovers(str(path)) == []
-    shutil.rmtree(path)
 
 
 def _bundle(directory: Path, script: str, netns: Path | None,
