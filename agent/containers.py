@@ -45,7 +45,6 @@ KILL_WAIT_S = 5.0
 STREAM_BUFFER_MAX = 4 << 20     # a slow reader pauses the container's writes beyond this
 READ_CHUNK = 1 << 20            # with 1 MiB pipes: fewer wakeups per MiB of output
 PIPE_SIZE = 1 << 20             # F_SETPIPE_SZ for stdout/stderr (the default is 64 KiB)
-F_SETPIPE_SZ = 1031
 HIGH_FD = 10                    # parent-side copies live above the child's targets
 
 
@@ -78,7 +77,7 @@ class Stream:
         self.eof = False
         self.cond = threading.Condition()
         try:
-            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # a terminal, or a pipe-max-size below 1 MiB: the default size works too
         threading.Thread(target=self._drain, name=name, daemon=True).start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +22,7 @@ log = logging.getLogger("kata_py")
 
 
 DEFAULT_ROOT = "/run/kata-py"
+F = TypeVar("F", bound=Any)
 
 
 class Context:
@@ -165,17 +166,26 @@ def features() -> None:
     click.echo(json.dumps(document(), indent=4))
 
 
+def _create_flags(command: F) -> F:
+    """The flags create and run share (runc's)."""
+    for option in reversed((
+            click.option("--console-socket", default=None,
+                         help="unix socket that receives the terminal's master "
+                              "(process.terminal)"),
+            click.option("--no-pivot", is_flag=True,
+                         help="move the root instead of pivot_root (rootfs on a ramdisk)"),
+            click.option("--no-new-keyring", is_flag=True,
+                         help="accepted; the guest kernel's keyring is the VM's own"),
+            click.option("--preserve-fds", default=0, type=int,
+                         help="only 0: host fds cannot cross into the VM"))):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.option("--bundle", "-b", default=".", help="path to the OCI bundle")
 @click.option("--pid-file", default=None, help="write the shim's pid here")
-@click.option("--console-socket", default=None,
-              help="unix socket that receives the terminal's master (process.terminal)")
-@click.option("--no-pivot", is_flag=True,
-              help="move the root instead of pivot_root (rootfs on a ramdisk)")
-@click.option("--no-new-keyring", is_flag=True,
-              help="accepted; the guest kernel's keyring is the VM's own")
-@click.option("--preserve-fds", default=0, type=int,
-              help="only 0: host fds cannot cross into the VM")
+@_create_flags
 @click.argument("container_id")
 @click.pass_obj
 def create(obj: Context, bundle: str, pid_file: str | None, console_socket: str | None,
@@ -251,14 +261,7 @@ def delete(obj: Context, force: bool, container_id: str) -> None:
 @click.option("--pid-file", default=None)
 @click.option("--detach", "-d", is_flag=True, help="do not wait for the container")
 @click.option("--keep", is_flag=True, help="do not delete the container after it exits")
-@click.option("--console-socket", default=None,
-              help="unix socket that receives the terminal's master (process.terminal)")
-@click.option("--no-pivot", is_flag=True,
-              help="move the root instead of pivot_root (rootfs on a ramdisk)")
-@click.option("--no-new-keyring", is_flag=True,
-              help="accepted; the guest kernel's keyring is the VM's own")
-@click.option("--preserve-fds", default=0, type=int,
-              help="only 0: host fds cannot cross into the VM")
+@_create_flags
 @click.argument("container_id")
 @click.pass_obj
 def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: bool,

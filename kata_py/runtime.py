@@ -44,7 +44,6 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
            config_path: str | None, debug: bool = False,
            console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """Create the container; returns the shim's pid once the container waits for start."""
-    from kata_py.host_cgroup import relative_path
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
 
@@ -58,7 +57,7 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
         raise KataError("--console-socket was given but process.terminal is false",
                         "set process.terminal to true in config.json or drop the flag")
     try:
-        cgroup_path = relative_path(spec.linux.cgroups_path if spec.linux else "")
+        cgroup_path = host_cgroup.relative_path(spec.linux.cgroups_path if spec.linux else "")
     except ValueError as exc:
         raise ConfigError(f"config.json: linux.{exc}", "fix linux.cgroupsPath") from exc
     st = store(root)
