@@ -280,25 +280,14 @@ def run_hooks(config: LaunchConfig, kind: str, hooks: tuple[Hook, ...], status: 
     each killed after its timeout; a failure is the step's error (as runc)."""
     if not hooks:
         return
-    import subprocess  # only containers with hooks pay for it
+    from kata_py.agent import hookexec  # only containers with hooks pay for it
 
     state = json.dumps({**config.state, "status": status, "pid": os.getpid()}).encode()
     for hook in hooks:
-        name = f"{kind} hook {hook.path}"
-        env = dict(e.partition("=")[::2] for e in hook.env)
         try:
-            proc = subprocess.run(list(hook.args) or [hook.path], executable=hook.path,
-                                  input=state, env=env, capture_output=True,
-                                  timeout=hook.timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise LaunchError(f"{name} timed out after {hook.timeout}s") from exc
-        except OSError as exc:
-            raise LaunchError(f"{name} could not run: {exc.strerror or exc}") from exc
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout)[-400:].decode(errors="replace").strip()
-            status_text = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
-                           else f"exit status {proc.returncode}")
-            raise LaunchError(f"{name} failed ({status_text})" + (f": {tail}" if tail else ""))
+            hookexec.run_hook(kind, hook.path, hook.args, hook.env, hook.timeout, state)
+        except hookexec.HookFailed as exc:
+            raise LaunchError(exc.message) from exc
 
 
 def set_names(config: LaunchConfig) -> None:

@@ -1,6 +1,7 @@
 """OCI hooks that run on the host, in the runtime namespace (runtime-spec
 config.md "POSIX-platform Hooks"): prestart, createRuntime, poststart and
-poststop. createContainer/startContainer run in the container namespace,
+poststop (each run by kata_py.agent.hookexec, which the guest shares).
+createContainer/startContainer run in the container namespace,
 i.e. inside the guest: the launcher runs them (kata_py.agent.launcher).
 
 Each hook gets the container's state JSON on stdin, runs with its own argv
@@ -17,17 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from kata_py.agent import hookexec
 from kata_py.errors import KataError
 
 log = logging.getLogger(__name__)
 
 FATAL_KINDS = frozenset({"prestart", "createRuntime"})
 WARN_KINDS = frozenset({"poststart", "poststop"})
-OUTPUT_TAIL_BYTES = 400
 
 
 class HookLike(Protocol):
@@ -45,32 +45,13 @@ class HookError(KataError):
     pass
 
 
-def _env(hook: HookLike) -> Mapping[str, str] | None:
-    if not hook.env:
-        return None  # inherit, like runc (exec.Cmd with a nil Env)
-    return dict(item.partition("=")[::2] for item in hook.env)
-
-
 def run_hook(kind: str, hook: HookLike, state: Mapping[str, Any]) -> None:
     """Run one hook; HookError naming the hook when it fails or times out."""
-    argv = list(hook.args) or [hook.path]
-    name = f"{kind} hook {hook.path}"
     try:
-        proc = subprocess.run(argv, executable=hook.path, input=json.dumps(state).encode(),
-                              env=_env(hook), capture_output=True, timeout=hook.timeout,
-                              check=False, close_fds=True)
-    except subprocess.TimeoutExpired as exc:
-        raise HookError(f"{name} timed out after {hook.timeout}s",
-                        "fix the hook or raise its timeout in config.json") from exc
-    except OSError as exc:
-        raise HookError(f"{name} could not run: {exc.strerror or exc}",
-                        "check the hook's path in config.json") from exc
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout)[-OUTPUT_TAIL_BYTES:].decode(errors="replace").strip()
-        status = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
-                  else f"exit status {proc.returncode}")
-        raise HookError(f"{name} failed ({status})" + (f": {tail}" if tail else ""),
-                        "fix the hook or remove it from config.json")
+        hookexec.run_hook(kind, hook.path, hook.args, hook.env, hook.timeout,
+                          json.dumps(state).encode())
+    except hookexec.HookFailed as exc:
+        raise HookError(exc.message, exc.hint) from exc
 
 
 def run_hooks(kind: str, hooks: Sequence[HookLike], state: Mapping[str, Any]) -> None:
