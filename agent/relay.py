@@ -9,8 +9,8 @@ kernel vhost-vsock (unix listener → AF_VSOCK dial).
 
 One thread accepts; each connection gets two pump threads (one per
 direction) doing blocking recv/sendall and propagating half-close with
-shutdown(SHUT_WR). gRPC keeps one long-lived connection, so this is a
-handful of threads, not one per RPC.
+shutdown(SHUT_WR); an error on either side shuts both down. gRPC keeps
+one long-lived connection, so this is a handful of threads, not one per RPC.
 """
 
 from __future__ import annotations
@@ -34,7 +34,15 @@ def _pump(src: socket.socket, dst: socket.socket, done: Callable[[], None]) -> N
             dst.sendall(data)
         dst.shutdown(socket.SHUT_WR)
     except OSError as exc:
+        # A broken side ends both directions: the other pump, blocked in
+        # recv(), wakes up, and the peer sees the connection end instead of
+        # an RPC waiting out its deadline.
         log.debug("relay pump ended: %s", exc)
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
     finally:
         done()
 

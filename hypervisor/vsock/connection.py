@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUF_ALLOC_BYTES = 256 * 1024
 DEFAULT_HOST_BUFFER_BYTES = 64 * 1024
+COUNTER_MASK = 0xFFFFFFFF            # rx/tx/fwd counters are le32 on the wire and wrap (5.10.6.3)
 
 
 class State(enum.Enum):
@@ -105,12 +106,12 @@ class Connection:
     @property
     def peer_credit(self) -> int:
         """Bytes we may still send to the guest without overrunning its buffer."""
-        return max(0, self.peer_buf_alloc - (self.tx_cnt - self.peer_fwd_cnt))
+        return max(0, self.peer_buf_alloc - ((self.tx_cnt - self.peer_fwd_cnt) & COUNTER_MASK))
 
     @property
     def peer_view_of_free(self) -> int:
         """Free space the guest believes we have, from the last fwd_cnt we sent."""
-        return self.buf_alloc - (self.rx_cnt - self._sent_fwd_cnt)
+        return self.buf_alloc - ((self.rx_cnt - self._sent_fwd_cnt) & COUNTER_MASK)
 
     def _credit_update_due(self) -> bool:
         if self._credit_update_asked:
@@ -163,7 +164,7 @@ class Connection:
                         self, len(self.to_host), len(payload), self.buf_alloc)
             self._abort(send_rst=True)
             return
-        self.rx_cnt += len(payload)
+        self.rx_cnt = (self.rx_cnt + len(payload)) & COUNTER_MASK
         self.to_host += payload
 
     def host_read_room(self) -> int:
@@ -188,7 +189,7 @@ class Connection:
     def host_written(self, n: int) -> None:
         """``n`` bytes of :attr:`to_host` reached the host socket."""
         del self.to_host[:n]
-        self.fwd_cnt += n
+        self.fwd_cnt = (self.fwd_cnt + n) & COUNTER_MASK
         self._maybe_finish()
 
     def host_write_shutdown_done(self) -> None:
@@ -289,7 +290,7 @@ class Connection:
                 return None
             payload = bytes(self.from_host[:n])
             del self.from_host[:n]
-            self.tx_cnt += n
+            self.tx_cnt = (self.tx_cnt + n) & COUNTER_MASK
             op = Op.RW
         elif out is _Out.SHUTDOWN:
             self._shutdown_sent = True

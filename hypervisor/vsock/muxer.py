@@ -366,7 +366,10 @@ class Muxer:
         """The next packet for the guest's rx queue, or None when nothing is due."""
         if self._control:
             return self._control.popleft()
-        while self._rx_ready:
+        # Each stream ready now gets one turn: one that has nothing that fits
+        # (an rx buffer too small for any payload) is rescheduled by _settle and
+        # must not be popped again in this call, or this would never return.
+        for _ in range(len(self._rx_ready)):
             key, _ = self._rx_ready.popitem(last=False)
             st = self._streams.get(key)
             if st is None:

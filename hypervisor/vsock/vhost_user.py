@@ -316,6 +316,15 @@ class Session:
         if q.call_fd is not None:
             os.close(q.call_fd)
         q.call_fd = fd
+        if fd is not None:
+            # QEMU swaps call fds without waiting (e.g. while the guest masks
+            # a vector); an interrupt signalled on the old fd in between would
+            # be lost. One spurious interrupt makes the driver look at its
+            # used ring instead (libvhost-user does the same).
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError as exc:
+                log.warning("vring %d: new call eventfd cannot be signalled: %s", q.index, exc)
 
     def _stop(self, q: VirtQueue) -> None:
         q.started = False

@@ -137,6 +137,7 @@ class FakeVirtioDriver:
             ack = self.request(Request.SET_VRING_ENABLE, struct.pack("<II", q, 1),
                                flags=FLAG_VERSION | FLAG_NEED_REPLY, reply=True)
             assert ack == struct.pack("<Q", 0)
+            assert os.eventfd_read(self.call[q]) == 1  # a new call fd is signalled once
         for _ in range(QUEUE_SIZE // 2):
             self.post_rx_buffer(kick=False)
         os.eventfd_write(self.kick[RX], 1)

@@ -223,3 +223,32 @@ def test_host_failure_resets_the_guest() -> None:
     conn.host_failed()
     assert ops(drain(conn)) == [Op.RST]
     assert conn.finished
+
+
+def test_counters_wrap_at_2_pow_32_both_ways() -> None:
+    """After 4 GiB on one connection (a sandbox's gRPC connection lives as
+    long as the sandbox) the le32 counters wrap: credit must still flow and
+    headers must still encode."""
+    near = (1 << 32) - 100
+    # host -> guest: we sent `near` bytes, the guest forwarded all of them.
+    conn = established(buf_alloc=1000)
+    conn.tx_cnt = near
+    conn.recv(guest(Op.CREDIT_UPDATE, buf_alloc=1000, fwd_cnt=near))
+    conn.push_host_data(b"z" * 300)
+    [rw] = drain(conn)
+    assert len(rw.payload) == 300 and conn.tx_cnt == 200       # wrapped
+    assert conn.peer_credit == 700
+    conn.recv(guest(Op.CREDIT_UPDATE, buf_alloc=1000, fwd_cnt=200))  # the guest wrapped too
+    assert conn.peer_credit == 1000
+    # guest -> host: `near` bytes received and forwarded.
+    conn = established()
+    conn.rx_cnt = conn.fwd_cnt = near
+    conn._sent_fwd_cnt = near
+    chunk = b"w" * 200000           # the guest now sees < 1/4 free: an update is due
+    conn.recv(guest(Op.RW, length=len(chunk)), chunk)
+    assert conn.rx_cnt == (near + 200000) & 0xFFFFFFFF
+    assert conn.peer_view_of_free == conn.buf_alloc - 200000
+    conn.host_written(len(chunk))
+    [upd] = drain(conn)
+    assert upd.header.fwd_cnt == conn.fwd_cnt == (near + 200000) & 0xFFFFFFFF
+    upd.header.encode()

@@ -177,6 +177,14 @@ def test_event_queue_index_is_ignored(session: Session) -> None:
         os.fstat(fd)  # closed, not leaked
 
 
+def test_a_new_call_fd_is_signalled_once(session: Session) -> None:
+    """An interrupt signalled on the old fd while QEMU swapped it would be lost."""
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    session.handle(msg(Request.SET_VRING_CALL, struct.pack("<Q", 0), fds=[fd]))
+    assert session.queues[0].call_fd == fd
+    assert os.eventfd_read(fd) == 1
+
+
 def test_set_mem_table_maps_region_at_its_mmap_offset(session: Session) -> None:
     fd = os.memfd_create("guest")
     os.ftruncate(fd, 2 * mmap.PAGESIZE)
