@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 
 from kata_py.agent import shared  # noqa: E402
 from kata_py.agent.reaper import Reaper  # noqa: E402
-from kata_py.agent.server import VSOCK_LISTEN, AgentServer  # noqa: E402
+from kata_py.agent.shared import VSOCK_LISTEN  # noqa: E402
 
 log = logging.getLogger("kata_py.agent")
 
@@ -88,15 +88,27 @@ def main(argv: list[str] | None = None) -> int:
     level = opts["log_level"] or _level_from_cmdline("warning")
     logging.basicConfig(stream=sys.stderr, level=level.upper(),
                         format="kata-py-agent: %(levelname)s %(name)s: %(message)s")
+    # The zygote first: it must be forked before any thread starts and before
+    # gRPC is imported (agent/zygote.py). It imports the launcher while this
+    # process imports gRPC. Only as PID 1, where re-parented launchers come to us.
+    zygote = None
+    if pid1:
+        from kata_py.agent.containers import CONFIG_FD, LAUNCHER_ENV
+        from kata_py.agent.zygote import Zygote
+        zygote = Zygote.fork(LAUNCHER_ENV, CONFIG_FD)
+    from kata_py.agent import deferred
+    deferred.defer()       # asyncio, grpc.aio: a threaded server never uses them (−0.3 s boot)
+    from kata_py.agent.server import AgentServer  # gRPC: ~1 s of guest boot under TCG
+
     # The reaper owns every waitpid(); as PID 1 it also collects all orphans.
     reaper = Reaper().install()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: server.stopping.set())
 
-    server = AgentServer(opts["listen"], Path(opts["shared_dir"]), reaper)
+    server = AgentServer(opts["listen"], Path(opts["shared_dir"]), reaper, zygote)
     server.start()
     if pid1:
-        print(f"kata-py-agent: ready (guest uptime {_uptime_s():.2f}s; python started at "
+        print(f"{shared.READY_LINE} (guest uptime {_uptime_s():.2f}s; python started at "
               f"{STARTED_AT_UPTIME_S:.2f}s)", file=sys.stderr, flush=True)
     while not server.stopping.wait(3600):
         pass

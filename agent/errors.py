@@ -2,55 +2,55 @@
 
 Handlers raise these (or let OSError escape); `status_for` is the only place
 that decides which gRPC status code the host sees. The host maps codes back
-in kata_py/agent_client.py.
+in kata_py/agent_client.py. Codes are grpc.StatusCode *names*: this module is
+imported before the launcher zygote is forked, which must happen before gRPC
+is imported (agent/zygote.py), so it does not import grpc.
 """
 
 from __future__ import annotations
 
 import errno
 
-import grpc
-
 
 class AgentError(Exception):
     """Root of the agent's errors; the message is sent to the host as is."""
 
-    code = grpc.StatusCode.INTERNAL
+    code: str = "INTERNAL"
 
 
 class InvalidArgument(AgentError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
 
 
 class NotFound(AgentError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = "NOT_FOUND"
 
 
 class FailedPrecondition(AgentError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = "FAILED_PRECONDITION"
 
 
 class DeadlineExceeded(AgentError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = "DEADLINE_EXCEEDED"
 
 
 _ERRNO_CODES = {
-    errno.ENOENT: grpc.StatusCode.NOT_FOUND,
-    errno.EEXIST: grpc.StatusCode.ALREADY_EXISTS,
-    errno.EACCES: grpc.StatusCode.PERMISSION_DENIED,
-    errno.EPERM: grpc.StatusCode.PERMISSION_DENIED,
-    errno.EINVAL: grpc.StatusCode.INVALID_ARGUMENT,
-    errno.ENOTDIR: grpc.StatusCode.INVALID_ARGUMENT,
-    errno.EISDIR: grpc.StatusCode.INVALID_ARGUMENT,
+    errno.ENOENT: "NOT_FOUND",
+    errno.EEXIST: "ALREADY_EXISTS",
+    errno.EACCES: "PERMISSION_DENIED",
+    errno.EPERM: "PERMISSION_DENIED",
+    errno.EINVAL: "INVALID_ARGUMENT",
+    errno.ENOTDIR: "INVALID_ARGUMENT",
+    errno.EISDIR: "INVALID_ARGUMENT",
 }
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status code and message the host receives for `exc`."""
+def status_for(exc: BaseException) -> tuple[str, str]:
+    """The gRPC status code (its name) and message the host receives for `exc`."""
     if isinstance(exc, AgentError):
         return exc.code, str(exc)
     if isinstance(exc, OSError):
-        code = _ERRNO_CODES.get(exc.errno or 0, grpc.StatusCode.INTERNAL)
+        code = _ERRNO_CODES.get(exc.errno or 0, "INTERNAL")
         where = f" ({exc.filename})" if exc.filename else ""
         return code, f"{exc.strerror or exc}{where}"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"

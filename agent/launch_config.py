@@ -104,6 +104,8 @@ class Process:
     no_new_privileges: bool = False
     oom_score_adj: int | None = None
     terminal: bool = False  # stdin is a pty slave: setsid + TIOCSCTTY on it
+    console_rows: int = 0   # process.consoleSize: the pty's size from its creation
+    console_cols: int = 0
 
 
 @dataclass(frozen=True)
@@ -231,11 +233,23 @@ def resources_from_json(text: str | bytes) -> Resources:
     return _decode(Resources, raw, "resources")
 
 
+_FIELDS: dict[Any, tuple[dict[str, Any], frozenset[str]]] = {}
+
+
+def _fields(cls: Any) -> tuple[dict[str, Any], frozenset[str]]:
+    """A dataclass's resolved field types and names, once per class:
+    get_type_hints evaluates every annotation and was 2/3 of from_json."""
+    known = _FIELDS.get(cls)
+    if known is None:
+        known = _FIELDS[cls] = (typing.get_type_hints(cls),
+                                frozenset(f.name for f in dataclasses.fields(cls)))
+    return known
+
+
 def _decode(cls: type[T], raw: Any, path: str) -> T:
     if not isinstance(raw, dict):
         raise LaunchConfigError(f"{path or '<root>'}: expected an object")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints, names = _fields(cls)
     unknown = sorted(set(raw) - names)
     if unknown:
         raise LaunchConfigError(f"{_join(path, unknown[0])}: unknown field")

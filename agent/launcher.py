@@ -43,6 +43,7 @@ import resource
 import signal
 import socket
 import stat
+import struct
 import sys
 import termios
 from collections.abc import Callable, Iterator
@@ -219,6 +220,12 @@ def setup_console(config: LaunchConfig) -> None:
         return
     with step("create console"):
         master, slave = os.openpty()  # /dev/ptmx → pts/ptmx: the container's devpts
+        process = config.process
+        if process.console_rows and process.console_cols:
+            # The caller's size from the start (as runc): a resize from the
+            # host arrives later, and a process asking before it saw 0x0.
+            fcntl.ioctl(slave, termios.TIOCSWINSZ,
+                        struct.pack("HHHH", process.console_rows, process.console_cols, 0, 0))
         sock = socket.socket(fileno=config.fds.console_socket)
         try:
             socket.send_fds(sock, [b"console"], [master])
@@ -366,6 +373,12 @@ def seccomp_module() -> ModuleType | None:
         return None
 
 
+def preload() -> None:
+    """Import what a typical container needs later (the zygote calls this once,
+    so its launchers find the modules loaded; agent/zygote.py)."""
+    seccomp_module()
+
+
 def seccomp_profile(module: ModuleType, raw: dict[str, Any]) -> Any:
     """The description's seccomp dict (SeccompProfile's fields) → a SeccompProfile."""
     try:
@@ -465,10 +478,23 @@ def close_extra_fds(config: LaunchConfig) -> None:
         os.set_inheritable(fd, True)
 
 
+def restore_signals() -> None:
+    """Every ignored signal back to its default: an ignored signal survives
+    execve, and Python ignores SIGPIPE and SIGXFSZ (subprocess's
+    restore_signals does the same). runc's containers start with none ignored."""
+    for signum in signal.valid_signals():
+        try:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass    # SIGKILL/SIGSTOP, or a real-time signal Python does not track
+
+
 def exec_process(config: LaunchConfig, reporter: Reporter, seccomp: SeccompFilter | None,
                  path: str) -> NoReturn:
     """(seccomp,) execve the resolved path; on failure report and exit 127."""
     process = config.process
+    restore_signals()   # before seccomp, which may deny rt_sigaction
     if process.no_new_privileges:
         try:
             install_seccomp(seccomp)

@@ -25,17 +25,35 @@ from kata_py.agent.errors import DeadlineExceeded, FailedPrecondition, status_fo
 from kata_py.agent.protocols import agent_pb2 as pb
 from kata_py.agent.protocols import agent_pb2_grpc as pb_grpc
 from kata_py.agent.reaper import Reaper
+from kata_py.agent.zygote import Zygote
 
 log = logging.getLogger(__name__)
 
-VSOCK_PORT = 1024
-VSOCK_LISTEN = f"vsock:{VSOCK_PORT}"
 # gRPC listens here inside the guest; agent/relay.py carries vsock port 1024 to it.
 GRPC_UNIX_SOCKET = "/run/kata-py/agent-grpc.sock"
-SERVER_THREADS = 8
+# Every live process holds up to three long-polls (ReadStdout, ReadStderr,
+# WaitProcess), each on a worker thread of this synchronous server; with 8
+# workers, a container and two execs left no thread for a third exec or a
+# StartContainer until a long-poll ended (up to its 60 s deadline). Threads
+# are started on demand, so the cap costs nothing until it is needed.
+SERVER_THREADS = 128
+LONG_POLL_SLICE_S = 1.0   # a long-poll whose client went away frees its thread within this
 
 R = TypeVar("R")
 READ_DEFAULT_BYTES = 64 * 1024
+
+
+def _long_poll(context: grpc.ServicerContext,
+               wait: Callable[[float | None], R | None]) -> R | None:
+    """`wait(timeout)` until it returns a value, the RPC's deadline passes or
+    its client cancels it (gRPC keeps running a cancelled handler: waiting in
+    slices gives the worker thread back). None on deadline or cancellation."""
+    while True:
+        remaining = context.time_remaining()
+        last = remaining is not None and remaining <= LONG_POLL_SLICE_S
+        result = wait(max(0.0, remaining) if last else LONG_POLL_SLICE_S)
+        if result is not None or last or not context.is_active():
+            return result
 
 
 def _void(fn: Callable[[], None]) -> Callable[[], pb.Empty]:
@@ -52,10 +70,9 @@ def _handle(context: grpc.ServicerContext, name: str, fn: Callable[[], R]) -> R:
         return fn()
     except Exception as exc:  # noqa: BLE001 - every error becomes a status
         code, message = status_for(exc)
-        log.log(logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO,
-                "rpc %s failed: %s: %s", name, code.name, message,
-                exc_info=code == grpc.StatusCode.INTERNAL)
-        context.abort(code, message)
+        log.log(logging.ERROR if code == "INTERNAL" else logging.INFO,
+                "rpc %s failed: %s: %s", name, code, message, exc_info=code == "INTERNAL")
+        context.abort(grpc.StatusCode[code], message)
         raise  # unreachable: abort raises
 
 
@@ -116,8 +133,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
     def WaitProcess(self, request: pb.ContainerRequest, context: grpc.ServicerContext) -> Any:
         def do() -> pb.WaitProcessResponse:
-            code = self.containers.wait(request.container_id, context.time_remaining(),
-                                        request.exec_id)
+            code = _long_poll(context, lambda timeout_s: self.containers.wait(
+                request.container_id, timeout_s, request.exec_id))
             if code is None:
                 raise DeadlineExceeded(f"container {request.container_id} is still running")
             return pb.WaitProcessResponse(exit_status=code)
@@ -198,7 +215,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
               which: str) -> pb.ReadStreamResponse:
         c = self.containers.get(request.container_id, request.exec_id)
         stream = c.stdout if which == "stdout" else c.stderr
-        data = stream.read(request.max_bytes or READ_DEFAULT_BYTES, context.time_remaining())
+        data = _long_poll(context, lambda timeout_s: stream.read(
+            request.max_bytes or READ_DEFAULT_BYTES, timeout_s))
         if data is None:
             raise DeadlineExceeded(f"no {which} from container {request.container_id} yet")
         return pb.ReadStreamResponse(data=data)
@@ -240,11 +258,12 @@ class AgentServer:
     gRPC listens on GRPC_UNIX_SOCKET and a relay accepts on the vsock port.
     """
 
-    def __init__(self, listen: str, shared_dir: Path, reaper: Reaper | None = None) -> None:
+    def __init__(self, listen: str, shared_dir: Path, reaper: Reaper | None = None,
+                 zygote: Zygote | None = None) -> None:
         self.stopping = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS))
         pb_grpc.add_HealthServicer_to_server(HealthService(), self.server)
-        containers = ContainerManager(reaper) if reaper is not None else None
+        containers = ContainerManager(reaper, zygote) if reaper is not None else None
         pb_grpc.add_AgentServiceServicer_to_server(
             AgentService(shared_dir, self.stopping.set, containers), self.server)
         self.listen = listen

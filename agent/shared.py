@@ -12,6 +12,9 @@ from pathlib import Path
 from kata_py.agent.errors import InvalidArgument
 
 SHARED_DIR = Path("/run/kata-py/shared")
+VSOCK_PORT = 1024                         # the agent's port (Kata's agent uses 1024 too)
+VSOCK_LISTEN = f"vsock:{VSOCK_PORT}"
+READY_LINE = "kata-py-agent: ready"        # the console line the agent writes once it serves
 READ_CAP_BYTES = 4 * 1024 * 1024
 
 

@@ -131,7 +131,9 @@ def launch_process(p: Process) -> lc.Process:
                                      caps.permitted, caps.ambient) if caps else None,
         rlimits=tuple(lc.Rlimit(r.type, r.soft, r.hard) for r in p.rlimits),
         no_new_privileges=p.no_new_privileges, oom_score_adj=p.oom_score_adj,
-        terminal=p.terminal)
+        terminal=p.terminal,
+        console_rows=p.console_size.height if p.console_size else 0,
+        console_cols=p.console_size.width if p.console_size else 0)
 
 
 def _hooks(spec: Spec) -> lc.Hooks:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kata_py.agent.__main__ import parse_args
-from kata_py.agent.server import VSOCK_LISTEN
+from kata_py.agent.shared import VSOCK_LISTEN
 
 
 def test_defaults_listen_on_vsock_1024() -> None:

@@ -4,6 +4,7 @@ the host's AgentClient: the same code paths as in the guest, minus the VM."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,33 @@ def test_an_agent_that_is_not_there_is_reported_unavailable(tmp_path: Path) -> N
     client.close()
 
 
+def test_an_agent_slower_than_one_probe_is_still_found_ready(tmp_path: Path) -> None:
+    """Under TCG on a busy host a health answer can take longer than the first
+    probe's 0.5 s; the probes grow, so boot does not wait out its deadline."""
+    from concurrent import futures
+
+    import grpc
+
+    from kata_py.agent.protocols import agent_pb2 as pb
+    from kata_py.agent.protocols import agent_pb2_grpc as pb_grpc
+
+    class SlowHealth(pb_grpc.HealthServicer):
+        def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> object:
+            time.sleep(0.8)
+            return pb.HealthCheckResponse(status=pb.HealthCheckResponse.SERVING)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_HealthServicer_to_server(SlowHealth(), server)
+    server.add_insecure_port(f"unix:{tmp_path / 'slow.sock'}")
+    server.start()
+    client = AgentClient(f"unix:{tmp_path / 'slow.sock'}")
+    try:
+        assert client.wait_ready(15, lambda: True) < 15
+    finally:
+        client.close()
+        server.stop(0)
+
+
 def test_the_launcher_starts_without_site_only_where_kata_py_is_laid_out_as_installed(
         tmp_path: Path) -> None:
     from kata_py.agent.containers import _launcher_start
@@ -104,3 +132,37 @@ def test_the_launcher_starts_without_site_only_where_kata_py_is_laid_out_as_inst
     checkout.mkdir(parents=True)
     (checkout / "launcher.py").write_text("")
     assert _launcher_start(str(checkout / "containers.py")) == ("-m", "kata_py.agent.launcher")
+
+
+class _Context:
+    """The two calls _long_poll makes on a grpc.ServicerContext."""
+
+    def __init__(self, remaining: float | None, active_for: int) -> None:
+        self.remaining = remaining
+        self.active_for = active_for
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def is_active(self) -> bool:
+        self.active_for -= 1
+        return self.active_for >= 0
+
+
+def test_a_long_poll_gives_its_thread_back_when_the_client_goes_away() -> None:
+    from kata_py.agent import server
+    slices: list[float | None] = []
+    ctx = _Context(remaining=None, active_for=2)   # no deadline; cancelled after 3 slices
+    assert server._long_poll(ctx, lambda t: slices.append(t)) is None  # type: ignore[arg-type, func-returns-value]
+    assert slices == [server.LONG_POLL_SLICE_S] * 3
+
+
+def test_a_long_poll_returns_what_came_and_ends_at_its_deadline() -> None:
+    from kata_py.agent import server
+    answers = iter([None, None, b"data"])
+    ctx = _Context(remaining=30.0, active_for=99)
+    assert server._long_poll(ctx, lambda t: next(answers)) == b"data"  # type: ignore[arg-type]
+    slices: list[float | None] = []
+    ctx = _Context(remaining=0.25, active_for=99)
+    assert server._long_poll(ctx, lambda t: slices.append(t)) is None  # type: ignore[arg-type, func-returns-value]
+    assert slices == [0.25]        # the last slice is what is left of the deadline

@@ -285,6 +285,18 @@ def test_container_is_pid_1_in_new_namespaces(rootfs: Path) -> None:
         assert ns != os.readlink(f"/proc/self/ns/{name}"), name
 
 
+def test_the_container_starts_with_no_signal_ignored_or_blocked(rootfs: Path) -> None:
+    """The launcher is Python, which ignores SIGPIPE and SIGXFSZ; an ignored
+    signal survives execve, so it must be reset (runc's containers start with
+    none ignored, and `yes | head -1` must end by SIGPIPE)."""
+    result = launch(make_config(rootfs, ("grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status")))
+    assert result.returncode == 0, result
+    assert sorted(result.stdout.split()) == ["0000000000000000", "0000000000000000",
+                                             "SigBlk:", "SigIgn:"]
+    r = launch(make_config(rootfs, ("sh", "-c", "yes | head -1 >/dev/null; yes 2>&1 | true")))
+    assert (r.returncode, r.stdout) == (0, ""), r
+
+
 def test_sync_fd_reports_outer_pid_then_created(rootfs: Path) -> None:
     result = launch(make_config(rootfs, ("true",)))
     assert result.returncode == 0
@@ -488,7 +500,8 @@ def test_console_socket_receives_a_pty_from_the_containers_devpts(rootfs: Path) 
         masters.extend(fds)
 
     try:
-        config = make_config(rootfs, ("sh", "-c", TTY_SCRIPT), terminal=True)
+        config = make_config(rootfs, ("sh", "-c", TTY_SCRIPT + "; stty size"), terminal=True,
+                             console_rows=30, console_cols=100)
         config = replace(config, fds=replace(config.fds, console_socket=theirs.fileno()))
         result = launch(config, before_start=receive_console, extra_fds=(theirs.fileno(),))
         theirs.close()
@@ -502,6 +515,7 @@ def test_console_socket_receives_a_pty_from_the_containers_devpts(rootfs: Path) 
     words = output.split()
     assert words[:2] == ["/dev/pts/0", "sid=1"]
     assert words[2] != "tty_nr=0"
+    assert words[3:] == ["30", "100"]       # process.consoleSize, before any resize
 
 
 def test_terminal_passed_as_stdin_becomes_the_controlling_tty(rootfs: Path) -> None:
