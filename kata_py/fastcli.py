@@ -1,10 +1,14 @@
 """The `kata-py` console script's entry: answers `state ID` from disk with
-nothing but os and json, and hands every other command line to the click
-CLI (kata_py.cli).
+nothing but os and the C half of json (_json), and hands every other command
+line to the click CLI (kata_py.cli).
 
 Why: engines and scripts poll `state` (podman after a failed verb, CI
 labs in loops), and the goal is ≤ 30 ms. Interpreter start plus click, logging, dataclasses and
-pathlib cost 70–100 ms; this path costs interpreter start and a few reads.
+pathlib cost 70–100 ms; the json package alone costs ~8 ms (it imports re
+and enum), typing ~4 ms. This path costs interpreter start and a few reads.
+scripts/setup.sh installs a command that starts Python with -S (no site:
+~3 ms) and the package's directory on sys.path; main() runs site for the
+full CLI.
 It must answer exactly what `kata_py.state` answers (a unit test compares
 them for every status); anything it does not recognise — another verb, an
 unknown flag, --debug, a missing or corrupt state — goes to the full CLI,
@@ -13,10 +17,9 @@ which owns the error messages.
 
 from __future__ import annotations
 
-import json
+import _json
 import os
 import sys
-from typing import Any
 
 # Keep in step with kata_py.state (tests/unit/test_fast_state.py checks).
 OCI_VERSION = "1.2.0"
@@ -35,17 +38,64 @@ def _alive(pid: int, start_time: int) -> bool:
     return int(fields[19]) == start_time and fields[0] not in (b"Z", b"X")
 
 
-def oci_state(raw: dict[str, Any]) -> dict[str, Any]:
+class _Decoding:
+    """What _json.make_scanner reads from json.JSONDecoder: strict, no hooks."""
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name.lower().replace("infinity", "inf"))
+
+
+def loads(text: str) -> object:
+    """json.loads for one JSON document; ValueError when it is not one."""
+    try:
+        scan = _json.make_scanner(_Decoding())  # type: ignore[arg-type]  # duck-typed context
+        value, end = scan(text, len(text) - len(text.lstrip()))
+    except StopIteration as exc:
+        raise ValueError(f"not JSON at {exc.value}") from None
+    if text[end:].strip():
+        raise ValueError(f"extra data at {end}")
+    return value
+
+
+def dumps(value: object, level: int = 0) -> str:
+    """json.dumps(value, indent=2) for str/int/bool/None/list/dict (unit-tested)."""
+    if isinstance(value, str):
+        return str(_json.encode_basestring_ascii(value))
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return int.__repr__(value)
+    pad, inner = "\n" + "  " * level, "\n" + "  " * (level + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{" + ",".join(f"{inner}{dumps(str(k))}: {dumps(v, level + 1)}"
+                              for k, v in value.items()) + pad + "}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        return "[" + ",".join(inner + dumps(v, level + 1) for v in value) + pad + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON here")
+
+
+def oci_state(raw: dict[str, object]) -> dict[str, object]:
     """The OCI state object of a stored state.json (kata_py.state.ContainerState.oci)."""
     status = raw["status"]
-    if status in LIVE and not (raw.get("pid") and _alive(raw["pid"], raw["pid_start_time"])):
+    pid = raw["pid"]
+    if status in LIVE and not (pid and _alive(pid, raw["pid_start_time"])):  # type: ignore[arg-type]
         status = "stopped"
-    out: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": raw["id"], "status": status,
-                           "bundle": raw["bundle"], "pid": raw["pid"] if status in LIVE else 0,
+    out: dict[str, object] = {"ociVersion": OCI_VERSION, "id": raw["id"], "status": status,
+                           "bundle": raw["bundle"], "pid": pid if status in LIVE else 0,
                            "rootfs": raw["rootfs"], "created": raw["created"],
                            "owner": raw.get("owner", "")}
     if raw.get("annotations"):
-        out["annotations"] = dict(raw["annotations"])
+        out["annotations"] = dict(raw["annotations"])  # type: ignore[call-overload]
     return out
 
 
@@ -82,8 +132,10 @@ def fast_state(argv: list[str]) -> str | None:
     root, cid = request
     try:
         with open(os.path.join(root, "containers", cid, "state.json"), "rb") as f:
-            raw = json.loads(f.read())
-        return json.dumps(oci_state(raw), indent=2)
+            raw = loads(f.read().decode())
+        if not isinstance(raw, dict):
+            return None
+        return dumps(oci_state(raw))
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
 
@@ -93,6 +145,9 @@ def main() -> None:
     if out is not None:
         sys.stdout.write(out + "\n")
         return
+    if sys.flags.no_site:   # started by setup.sh's command: the full CLI gets site
+        import site
+        site.main()
     from kata_py.cli import main as full
 
     full()

@@ -66,3 +66,39 @@ def test_a_corrupt_state_is_left_to_the_full_cli(tmp_path: Path) -> None:
     (tmp_path / "containers" / "c1").mkdir(parents=True)
     (tmp_path / "containers" / "c1" / "state.json").write_text("{")
     assert fastcli.fast_state(["--root", str(tmp_path), "state", "c1"]) is None
+
+
+@pytest.mark.parametrize("value", [
+    {}, [], "", 0, -7, True, False, None, {"a": []}, {"a": {}}, [1, [2, [3, {}]]],
+    {"id": "c1", "annotations": {"k\u00e9y\n": "va\"l\\ue\u2603\U0001F600", "e": ""}},
+    {"nested": {"list": [True, None, "x", {"y": [1, 2]}]}, "n": 12345678901234567890}])
+def test_the_c_json_helpers_match_the_json_package(value: object) -> None:
+    text = json.dumps(value, indent=2)
+    assert fastcli.dumps(value) == text
+    assert fastcli.loads(text) == value
+    assert fastcli.loads(" \n" + json.dumps(value) + "\n ") == value
+
+
+@pytest.mark.parametrize("text", ["{", "", "[1,]", "{} {}", "nul", '{"a": 1,}'])
+def test_the_c_json_reader_refuses_what_json_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        fastcli.loads(text)
+
+
+def test_the_fast_path_imports_neither_json_nor_re_nor_typing(tmp_path: Path) -> None:
+    """The installed command starts Python with -S (scripts/setup.sh); what the
+    fast path then imports is what `state` pays for."""
+    store = StateStore(tmp_path / "containers")
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", status="stopped",
+                                created=now_rfc3339()))
+    repo = Path(fastcli.__file__).resolve().parents[1]
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from kata_py import fastcli; "
+            "fastcli.main(); print(sorted({'json', 're', 'typing', 'enum', 'site', 'click'}"
+            " & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(repo), "--root", str(tmp_path),
+                          "state", "c1"], capture_output=True, text=True, check=True).stdout
+    state_text, _, modules = out.rpartition("}\n")
+    assert json.loads(state_text + "}")["status"] == "stopped"
+    assert modules.strip() == "[]"
