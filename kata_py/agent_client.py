@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 RPC_TIMEOUT_S = 10.0
 HEALTH_PROBE_TIMEOUT_S = 0.5
+HEALTH_PROBE_MAX_S = 4.0    # boot probes double up to this
 DESTROY_TIMEOUT_S = 3.0
 CREATE_TIMEOUT_S = 60.0     # the guest builds the container (slow under TCG)
 # Reconnect fast while the guest boots: gRPC's default backoff starts at 1 s.
@@ -92,9 +93,15 @@ class AgentClient:
         Returns the seconds waited; raises AgentError at the deadline.
         """
         start = time.monotonic()
+        probe_s = HEALTH_PROBE_TIMEOUT_S
         while time.monotonic() - start < deadline_s:
-            if self.check():
+            left = deadline_s - (time.monotonic() - start)
+            if self.check(min(probe_s, max(left, 0.05))):
                 return time.monotonic() - start
+            # Each probe waits for the channel (wait_for_ready), so a longer one
+            # costs no latency once the agent listens; but a fixed 0.5 s would
+            # never see an agent whose answer takes longer (TCG on a busy host).
+            probe_s = min(probe_s * 2, HEALTH_PROBE_MAX_S)
             if not still_booting():
                 raise AgentError("the VM stopped before the agent answered",
                                  "rerun with --debug to see the guest's console")

@@ -356,7 +356,12 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
         state: ContainerState | None = st.load(cid)
     except KataError:
         state = None
-    shims = _shims(root, cid, state)
+    # The shims first (their status: killed): one still alive would see its
+    # VM vanish and report that as an unexpected death on the container's
+    # stderr, and one still creating could go on starting what stop() ended.
+    for shim in _shims(root, cid, state):
+        if shim.signal(signal.SIGKILL) and not shim.wait(SHIM_EXIT_WAIT_S):
+            log.error("%s (pid %d) survived SIGKILL", shim.name, shim.pid)
     sandbox_dir = Path(cfg.state_dir) / "vm" / cid
     if sandbox_dir.exists():
         try:
@@ -364,11 +369,6 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
         except KataError:
             sb = Sandbox(cid, cfg)
         sb.stop()
-    # With the VM gone, a shim still alive has nothing left to relay: end it
-    # now rather than let it wait out an RPC deadline (its status: killed).
-    for shim in shims:
-        if shim.signal(signal.SIGKILL) and not shim.wait(SHIM_EXIT_WAIT_S):
-            log.error("%s (pid %d) survived SIGKILL", shim.name, shim.pid)
     if run_poststop and state is not None:
         try:
             from kata_py.hooks import run_hooks

@@ -26,9 +26,10 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kata_py import host_mounts, network
-from kata_py.agent_client import AgentClient
+from kata_py.agent.shared import READY_LINE
 from kata_py.config import RuntimeConfig
 from kata_py.errors import ConfigError, ExistsError, HypervisorError, KataError, NotFoundError
 from kata_py.hypervisor import accel, qemu, virtiofsd
@@ -41,6 +42,9 @@ from kata_py.hypervisor.vsock.transport import (
 )
 from kata_py.image import GuestImage, load_image
 from kata_py.translate import GUEST_SHARE, HostShare
+
+if TYPE_CHECKING:
+    from kata_py.agent_client import AgentClient
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +182,9 @@ class Sandbox:
                 self.network.close_fds()  # QEMU has its own copies (or failed)
         self._save()
         t_qemu = time.monotonic()
+        # gRPC is imported only now, while the guest boots: ~70 ms off the
+        # path from `create` to QEMU's start.
+        from kata_py.agent_client import AgentClient
         self.agent = AgentClient(self.transport.agent_target())
         vm = self.vm
         self.agent.wait_ready(self.cfg.agent.boot_timeout_s, vm.alive)
@@ -211,9 +218,19 @@ class Sandbox:
             if tail:
                 log.debug("sandbox %s failed to start; %s ends with:\n%s", self.id, name, tail)
 
+    def gone_reason(self) -> str:
+        """Why the agent stopped answering a running sandbox: its VM ended, or not."""
+        if self.vm is not None and not self.vm.alive():
+            return self._with_console_reason(
+                f"its VM (QEMU pid {self.vm.pid}) exited unexpectedly")
+        return "its agent stopped answering"
+
     def _with_console_reason(self, message: str) -> str:
+        """message plus the guest's last words, unless that is the agent's ready line."""
         tail = [ln for ln in log_tail(self.console_log, 20).splitlines() if ln.strip()]
-        return f"{message} (console: {tail[-1].strip()})" if tail else message
+        if not tail or tail[-1].startswith(READY_LINE):
+            return message
+        return f"{message} (console: {tail[-1].strip()})"
 
     # -- stop ----------------------------------------------------------------
 
@@ -288,5 +305,6 @@ class Sandbox:
             vsock = state["vsock"]
             sb.transport = (KernelVhostTransport(vsock["cid"]) if vsock["kind"] == "vhost"
                             else UserBackendTransport(sb.dir))
+            from kata_py.agent_client import AgentClient
             sb.agent = AgentClient(sb.transport.agent_target())
         return sb

@@ -29,9 +29,9 @@ import threading
 import tty as tty_mod
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from kata_py import host_cgroup
-from kata_py.agent_client import AgentClient
 from kata_py.config import load_config
 from kata_py.console import get_winsize, open_pty, send_console, set_winsize
 from kata_py.errors import KataError
@@ -43,6 +43,9 @@ from kata_py.sizing import vm_size
 from kata_py.spec import Spec, load_spec
 from kata_py.state import ContainerState, StateStore
 from kata_py.translate import to_launch_config
+
+if TYPE_CHECKING:
+    from kata_py.agent_client import AgentClient
 
 log = logging.getLogger("kata_py.shim")
 
@@ -91,6 +94,38 @@ def _pump_in(agent: AgentClient, cid: str, exec_id: str, fd: int = 0) -> None:
         pass
 
 
+def follow_window_size(agent: AgentClient, cid: str, exec_id: str, tty: int) -> None:
+    """Keep the guest pty at the host terminal's size from now on.
+
+    One thread sends every resize, reading the size only once it is about to
+    send it; SIGWINCH just wakes it. Resizes sent from the signal handler
+    itself could overtake one another (the handler runs inside whatever RPC
+    the main thread is waiting on, and the agent serves RPCs on many
+    threads), leaving the guest at a stale size such as the 0x0 of a host
+    terminal not sized yet. A 0x0 size is never sent: it would undo the
+    pty's process.consoleSize."""
+    wake = threading.Event()
+
+    def follow() -> None:
+        while True:
+            wake.wait()
+            wake.clear()
+            try:
+                rows, cols = get_winsize(tty)
+            except OSError:
+                return      # the terminal is closed: the process is gone
+            if not rows or not cols:
+                continue
+            try:
+                agent.resize_tty(cid, rows, cols, exec_id=exec_id)
+            except KataError as exc:
+                log.info("could not resize the terminal: %s", exc)
+
+    threading.Thread(target=follow, name="resize", daemon=True).start()
+    signal.signal(signal.SIGWINCH, lambda signum, frame: wake.set())
+    wake.set()
+
+
 def relay(agent: AgentClient, cid: str, exec_id: str = "", tty: int | None = None) -> int:
     """Connect our stdio (or the host terminal `tty`) to a process in the
     guest, forward our signals to it, and return its exit status once its
@@ -102,14 +137,7 @@ def relay(agent: AgentClient, cid: str, exec_id: str = "", tty: int | None = Non
         t.start()
     threading.Thread(target=_pump_in, args=(agent, cid, exec_id, inp), daemon=True).start()
     if tty is not None:
-        def resize(signum: int, frame: FrameType | None) -> None:
-            try:
-                agent.resize_tty(cid, *get_winsize(tty), exec_id=exec_id)
-            except KataError as exc:
-                log.info("could not resize the terminal: %s", exc)
-
-        signal.signal(signal.SIGWINCH, resize)
-        resize(signal.SIGWINCH, None)
+        follow_window_size(agent, cid, exec_id, tty)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         try:
@@ -198,11 +226,21 @@ class Shim:
         assert self.sandbox is not None and self.sandbox.agent is not None
         code = relay(self.sandbox.agent, self.cid, tty=self.tty)
         if code == AGENT_GONE_EXIT:
-            return code
+            # The container's stderr is the only channel left to whoever runs
+            # it (run's caller, conmon's log): say what happened there.
+            why = self.sandbox.gone_reason()
+            log.error("container %s: %s", self.cid, why)
+            line = (f"kata-py: container {self.cid}: {why}; exit status {code}: check the "
+                    "host's kernel log (dmesg) for what ended it\n")
+            try:
+                os.write(self.tty if self.tty is not None else 2, line.encode())
+            except OSError:
+                pass
+        else:
+            log.info("container %s exited with %d", self.cid, code)
         with self.store.lock(self.cid):
             state = self.store.load(self.cid)
             self.store.save(dataclasses.replace(state, status="stopped", exit_code=code))
-        log.info("container %s exited with %d", self.cid, code)
         return code
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -98,12 +99,17 @@ def test_lifecycle_by_hand(root: Path, bundle: Callable[..., Path], tmp_path: Pa
                           b"`kata-py list`\n"
 
 
-def test_delete_force_removes_a_running_container(root: Path, bundle: Callable[..., Path]
-                                                  ) -> None:
+def test_delete_force_removes_a_running_container(root: Path, bundle: Callable[..., Path],
+                                                  tmp_path: Path) -> None:
     """Twice at once, as podman's `run --rm` and conmon's cleanup do: both
-    succeed, one after the other, and nothing is left (the root fixture)."""
+    succeed, one after the other, and nothing is left (the root fixture).
+    The container's stderr (the shim's) gets no word of a VM that died: its
+    end was asked for."""
     b = bundle("sleep", "600")
-    assert kp(root, "run", "-d", "-b", str(b), "df").returncode == 0
+    with open(tmp_path / "stdio", "wb") as stdio:
+        assert subprocess.run(cli_argv(root, "run", "-d", "-b", str(b), "df"),
+                              stdin=subprocess.DEVNULL, stdout=stdio, stderr=stdio,
+                              timeout=180).returncode == 0
     deletes = [subprocess.Popen(cli_argv(root, "delete", "--force", "df"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                for _ in range(2)]
@@ -111,6 +117,7 @@ def test_delete_force_removes_a_running_container(root: Path, bundle: Callable[.
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
     assert kp(root, "list", "-q").stdout == b""
+    assert (tmp_path / "stdio").read_bytes() == b""
 
 
 def _one_line_error(r: subprocess.CompletedProcess[bytes], *needles: bytes) -> None:
@@ -240,6 +247,74 @@ def test_exec_runs_in_the_container_with_its_own_settings(root: Path,
         time.sleep(0.5)
     _one_line_error(kp(root, "exec", "ex", "true"), b"container ex is stopped, not running")
     assert kp(root, "delete", "ex").returncode == 0
+
+
+def test_execs_running_side_by_side_do_not_block_another(root: Path,
+                                                         bundle: Callable[..., Path]) -> None:
+    """Each live process holds three agent long-polls (stdout, stderr, wait).
+    With a container and three foreground execs running, a fourth exec must
+    still be served — it used to wait for a worker thread until one of them ended."""
+    b = bundle("sleep", "600")
+    assert kp(root, "run", "-d", "-b", str(b), "side").returncode == 0
+    sleepers = [subprocess.Popen(cli_argv(root, "exec", "side", "sleep", "90"),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 60
+        while kp(root, "ps", "side").stdout.count(b"sleep 90") < 3:
+            assert time.monotonic() < deadline, "the three execs did not start"
+            time.sleep(0.5)
+        r = kp(root, "exec", "side", "echo", "served")
+        assert (r.returncode, r.stdout) == (0, b"served\n"), r.stderr
+        assert [p.poll() for p in sleepers] == [None, None, None]   # served while they run
+    finally:
+        kp(root, "kill", "side", "KILL")
+        for p in sleepers:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _wait_running(root: Path, cid: str) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        r = kp(root, "state", cid)
+        if r.returncode == 0 and json.loads(r.stdout)["status"] == "running":
+            return
+        assert time.monotonic() < deadline, r.stderr
+        time.sleep(0.5)
+
+
+def test_a_vm_that_dies_under_a_running_container_is_reported_and_cleaned_up(
+        root: Path, bundle: Callable[..., Path], tmp_path: Path) -> None:
+    b = bundle("sleep", "600")
+    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+        run = subprocess.Popen(cli_argv(root, "run", "-b", str(b), "gone"),
+                               stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        try:
+            _wait_running(root, "gone")
+            os.kill(int((root / "vm" / "gone" / "qemu.pid").read_text()), signal.SIGKILL)
+            assert run.wait(90) == 255
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    lines = (tmp_path / "err").read_bytes().decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kata-py: container gone: its VM (QEMU pid "), \
+        lines
+    assert "exited unexpectedly" in lines[0] and "dmesg" in lines[0]
+    assert not (root / "containers" / "gone").exists()     # run deleted it, VM and all
+    # Detached: the state says stopped, and delete (without --force) removes everything.
+    assert kp(root, "run", "-d", "-b", str(b), "gone2").returncode == 0
+    os.kill(int((root / "vm" / "gone2" / "qemu.pid").read_text()), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while json.loads(kp(root, "state", "gone2").stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert kp(root, "delete", "gone2").returncode == 0
+    assert os.listdir(root / "containers") == [] and os.listdir(root / "vm") == []
 
 
 def test_container_is_built_as_the_spec_says(root: Path, bundle: Callable[..., Path]) -> None:

@@ -1,0 +1,102 @@
+"""The shim's relay with a fake agent: the guest pty follows the host
+terminal's size, in order, and a host terminal not sized yet never shrinks
+the guest pty to 0x0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kata_py import shim
+from kata_py.console import open_pty, set_winsize
+
+
+class FakeAgent:
+    """Just enough of AgentClient for relay(): no output, exit status 0 once
+    `done` is set. resize_tty applies a size when it returns, as the agent
+    does; `during_first_resize` runs inside the first one, to change the
+    host terminal's size while that RPC is in flight."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[int, int]] = []
+        self.in_flight = 0
+        self.overlapped = False
+        self.done = threading.Event()
+        self.during_first_resize: list[object] = []
+
+    def read_output(self, *args: object, **kwargs: object) -> bytes:
+        return b""
+
+    def write_stdin(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def close_stdin(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def signal_process(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def wait_process(self, cid: str, timeout_s: float, exec_id: str = "") -> int | None:
+        return 0 if self.done.wait(min(timeout_s, 0.1)) else None
+
+    def resize_tty(self, cid: str, rows: int, cols: int, exec_id: str = "") -> None:
+        self.in_flight += 1
+        self.overlapped |= self.in_flight > 1
+        if len(self.applied) == 0 and self.during_first_resize:
+            action = self.during_first_resize.pop()
+            assert callable(action)
+            action()
+            time.sleep(0.5)            # a slow VM: the RPC is still in flight
+        self.applied.append((rows, cols))
+        self.in_flight -= 1
+
+
+@pytest.fixture
+def handlers() -> Iterator[None]:
+    """relay() installs signal handlers in this (main) thread: put them back."""
+    saved = {sig: signal.getsignal(sig) for sig in (*shim.FORWARDED_SIGNALS, signal.SIGWINCH)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def _relay_until(agent: FakeAgent, tty: int, settled: float) -> int:
+    def finish() -> None:
+        time.sleep(settled)
+        agent.done.set()
+
+    threading.Thread(target=finish, daemon=True).start()
+    return shim.relay(agent, "c1", tty=tty)  # type: ignore[arg-type]
+
+
+def test_the_guest_ends_at_the_latest_size_when_resizes_race(handlers: None) -> None:
+    pty = open_pty()
+    try:
+        set_winsize(pty.master, 24, 80)
+        agent = FakeAgent()
+
+        def user_resizes() -> None:
+            set_winsize(pty.master, 40, 100)
+            os.kill(os.getpid(), signal.SIGWINCH)   # what the kernel sends the shim
+
+        agent.during_first_resize.append(user_resizes)
+        assert _relay_until(agent, pty.slave, settled=2.0) == 0
+        assert agent.applied[-1] == (40, 100), agent.applied
+        assert not agent.overlapped, "resizes must reach the agent one at a time"
+    finally:
+        pty.close()
+
+
+def test_an_unsized_host_terminal_leaves_the_guest_pty_alone(handlers: None) -> None:
+    pty = open_pty()
+    try:
+        agent = FakeAgent()
+        assert _relay_until(agent, pty.slave, settled=0.5) == 0
+        assert agent.applied == []
+    finally:
+        pty.close()
