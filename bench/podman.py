@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import ipaddress
 import json
 import os
@@ -94,14 +93,6 @@ T = TypeVar("T")
 
 class BenchError(Exception):
     """A measurement failed; the message says which command and why."""
-
-
-def _load(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(argv: list[str], timeout: float = 30.0,
@@ -417,7 +408,8 @@ def bench_throughput(podman: Podman, rts: dict[str, str], io_runs: int,
 
 def floor_s(kata_root: Path, work: Path, runs: int) -> tuple[float, str]:
     """Median bare-QEMU boot (bench/boot.py), same config as podman's kata-py."""
-    boot = _load(REPO / "bench" / "boot.py", "boot")
+    import boot  # bench/boot.py: this script's directory is first on sys.path
+
     from kata_py.config import load_config
     from kata_py.hypervisor import accel
     from kata_py.image import load_image
