@@ -19,7 +19,6 @@ RAM that the back-ends can map, so memory is a shared memfd backend.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 from dataclasses import dataclass, field
@@ -211,10 +210,14 @@ class Qmp:
         self.timeout_s = timeout_s
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        import asyncio  # lazily, as qemu.qmp: ~25 ms of every CLI verb's start-up
+
         return asyncio.run(self._execute(command, arguments))
 
     async def _execute(self, command: str, arguments: dict[str, Any] | None) -> Any:
-        from qemu.qmp import QMPClient  # imported lazily: keeps CLI start-up lean
+        import asyncio
+
+        from qemu.qmp import QMPClient
 
         client = QMPClient("kata-py")
         try:

@@ -42,10 +42,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kata_py.errors import ResourceError
-from kata_py.spec import Spec
+
+if TYPE_CHECKING:
+    from kata_py.spec import Spec
 
 log = logging.getLogger(__name__)
 

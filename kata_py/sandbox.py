@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kata_py import host_mounts, network
-from kata_py.agent.shared import READY_LINE
+from kata_py.agent.shared import READY_LINE, SHARED_DIR
 from kata_py.config import RuntimeConfig
 from kata_py.errors import ConfigError, ExistsError, HypervisorError, KataError, NotFoundError
 from kata_py.hypervisor import accel, qemu, virtiofsd
@@ -41,10 +41,10 @@ from kata_py.hypervisor.vsock.transport import (
     select_transport,
 )
 from kata_py.image import GuestImage, load_image
-from kata_py.translate import GUEST_SHARE, HostShare
 
 if TYPE_CHECKING:
     from kata_py.agent_client import AgentClient
+    from kata_py.translate import HostShare
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class Sandbox:
     def share(self, item: HostShare) -> str:
         """Bind-mount a host path into the share; returns its path in the guest."""
         host_mounts.bind(item.source, self.shared_dir / item.target, item.readonly)
-        return f"{GUEST_SHARE}/{item.target}"
+        return f"{SHARED_DIR}/{item.target}"
 
     # -- state ---------------------------------------------------------------
 
