@@ -26,6 +26,7 @@ import signal
 import sys
 import termios
 import threading
+import time
 import tty as tty_mod
 from pathlib import Path
 from types import FrameType
@@ -196,13 +197,17 @@ class Shim:
         self.cfg = dataclasses.replace(self.cfg, hypervisor=dataclasses.replace(
             self.cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
         self.sandbox = Sandbox(self.cid, self.cfg, netns=netns_path(spec))
-        self.sandbox.start()
+        boot = self.sandbox.start()
+        t_shares = time.monotonic()
         for item in shares:
             self.sandbox.share(item)
         assert self.sandbox.agent is not None
         from kata_py.agent import launch_config
 
+        t_create = time.monotonic()
         self.sandbox.agent.create_container(self.cid, launch_config.to_json(launch).encode())
+        log.info("container %s created: sandbox %.2fs, shares %.3fs, CreateContainer %.2fs",
+                 self.cid, boot.total_s, t_create - t_shares, time.monotonic() - t_create)
         me = os.getpid()
         state = dataclasses.replace(state, status="created", pid=me,
                                     pid_start_time=read_start_time(me) or 0)
