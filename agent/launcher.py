@@ -34,6 +34,7 @@ and exits 127. EOF on the start fd without a byte exits 0 without exec'ing.
 
 from __future__ import annotations
 
+import binascii
 import errno
 import fcntl
 import importlib
@@ -379,21 +380,6 @@ def preload() -> None:
     seccomp_module()
 
 
-def seccomp_profile(module: ModuleType, raw: dict[str, Any]) -> Any:
-    """The description's seccomp dict (SeccompProfile's fields) → a SeccompProfile."""
-    try:
-        rules = []
-        for rule in raw.get("syscalls", ()):
-            args = tuple(module.ArgMatch(**a) for a in rule.get("args", ()))
-            rules.append(module.SyscallRule(**{**rule, "names": tuple(rule["names"]),
-                                               "args": args}))
-        return module.SeccompProfile(**{**raw, "syscalls": tuple(rules),
-                                        "architectures": tuple(raw.get("architectures", ())),
-                                        "flags": tuple(raw.get("flags", ()))})
-    except (TypeError, KeyError, AttributeError) as exc:
-        raise ValueError(f"profile does not match SeccompProfile: {exc}") from exc
-
-
 @dataclass(frozen=True)
 class SeccompFilter:
     """A compiled filter, ready to install (compiled before pivot_root: after it,
@@ -405,17 +391,22 @@ class SeccompFilter:
 
 
 def compile_seccomp(config: LaunchConfig) -> SeccompFilter | None:
-    """Compile linux.seccomp with seccomp.py (which owns the BPF)."""
-    if config.seccomp is None:
+    """The filter to install: the host's compiled program when the
+    description has one, else linux.seccomp compiled here by seccomp.py
+    (which owns the BPF)."""
+    if config.seccomp is None and not config.seccomp_program:
         return None
     with step("seccomp"):
         module = seccomp_module()
         if module is None:
             raise LaunchError("seccomp: a profile was given but kata_py.agent.seccomp "
                               "is not available")
-        profile = seccomp_profile(module, config.seccomp)
-        return SeccompFilter(module.install, module.compile_filter(profile),
-                             module.filter_flags(profile))
+        if config.seccomp_program:
+            return SeccompFilter(module.install, binascii.a2b_base64(config.seccomp_program),
+                                 config.seccomp_flags)
+        assert config.seccomp is not None
+        program, flags = module.compile_description(config.seccomp)
+        return SeccompFilter(module.install, program, flags)
 
 
 def install_seccomp(seccomp: SeccompFilter | None) -> None:

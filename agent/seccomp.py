@@ -53,7 +53,7 @@ import logging
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from kata_py.agent import syscalls
 
@@ -237,6 +237,30 @@ def filter_flags(profile: SeccompProfile) -> int:
                                f"(supported: {', '.join(FILTER_FLAGS)})")
         bits |= FILTER_FLAGS[name]
     return bits
+
+
+def profile_from_dict(raw: Mapping[str, Any]) -> SeccompProfile:
+    """A launch description's seccomp dict (SeccompProfile's fields, JSON
+    values) → a SeccompProfile; SeccompError when it does not fit."""
+    try:
+        rules = tuple(
+            SyscallRule(**{**rule, "names": tuple(rule["names"]),
+                           "args": tuple(ArgMatch(**a) for a in rule.get("args", ()))})
+            for rule in raw.get("syscalls", ()))
+        return SeccompProfile(**{**raw, "syscalls": rules,
+                                 "architectures": tuple(raw.get("architectures", ())),
+                                 "flags": tuple(raw.get("flags", ()))})
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise SeccompError(f"linux.seccomp: profile does not match SeccompProfile: {exc}") \
+            from exc
+
+
+def compile_description(raw: Mapping[str, Any]) -> tuple[bytes, int]:
+    """(program, flags) for a seccomp dict: what the host puts in the launch
+    description, so that no guest compiles it (Python runs tens of times
+    slower there under TCG, and every exec would compile it again)."""
+    profile = profile_from_dict(raw)
+    return compile_filter(profile), filter_flags(profile)
 
 
 def set_no_new_privs() -> None:

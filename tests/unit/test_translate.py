@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from kata_py.agent import launcher, seccomp
 from kata_py.errors import ConfigError
 from kata_py.spec import Spec, parse_spec
 from kata_py.spec_default import default_spec
-from kata_py.translate import GUEST_SHARE, to_launch_config
+from kata_py.translate import GUEST_SHARE, _seccomp, to_launch_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "spec" / "podman.json"
 
@@ -80,11 +82,31 @@ def test_host_network_namespace_path_is_not_joined_in_the_guest(tmp_path: Path) 
     assert all(ns.path == "" for ns in config.namespaces)
 
 
-def test_seccomp_profile_reaches_the_guest_compiler(tmp_path: Path) -> None:
-    config, _ = to_launch_config(_podman(tmp_path), "c4")
-    assert config.seccomp is not None
-    profile = launcher.seccomp_profile(seccomp, lc.from_json(lc.to_json(config)).seccomp or {})
-    assert len(seccomp.compile_filter(profile)) > 0
+def test_seccomp_profile_is_compiled_on_the_host(tmp_path: Path) -> None:
+    spec = _podman(tmp_path)
+    config, _ = to_launch_config(spec, "c4")
+    assert config.seccomp is None and config.seccomp_program
+    # What the guest compiled before, from the same profile.
+    assert spec.linux is not None and spec.linux.seccomp is not None
+    raw = lc.from_json(lc.to_json(dataclasses.replace(
+        config, seccomp=_seccomp(spec.linux.seccomp)))).seccomp
+    assert raw is not None
+    program, flags = seccomp.compile_description(raw)
+    sent = lc.from_json(lc.to_json(config))
+    assert base64.b64decode(sent.seccomp_program) == program and sent.seccomp_flags == flags
+    assert launcher.compile_seccomp(sent) is not None
+
+
+def test_a_seccomp_profile_the_compiler_refuses_is_a_config_error(tmp_path: Path) -> None:
+    data = default_spec()
+    # Valid as a spec, but more BPF than the kernel takes: refused at create,
+    # on the host, before any VM starts.
+    data["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ERRNO",
+         "args": [{"index": i % 6, "value": v, "op": "SCMP_CMP_EQ"}]}
+        for i in range(6) for v in range(400)]}
+    with pytest.raises(ConfigError, match=r"linux\.seccomp: the filter needs \d+ BPF"):
+        to_launch_config(_spec(tmp_path, data), "c4b")
 
 
 def test_resources_become_the_guest_cgroup(tmp_path: Path) -> None:
