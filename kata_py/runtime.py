@@ -70,11 +70,12 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
         extra.append("--no-pivot")  # the launcher moves the root instead of pivot_root
     if console_socket is not None:
         extra += ["--console-socket", str(console_socket.resolve())]
-    shim, line = _spawn_shim(root, cid, config_path, *extra)
+    shim, line, details = _spawn_shim(root, cid, config_path, *extra)
     if not line.startswith("ok"):
         if shim.poll() is None:
             shim.kill()
         status = shim.wait()
+        _keep_in_log(cid, details, debug)
         destroy(root, cid, config_path)
         if line.startswith("error "):
             raise KataError(line[len("error "):])
@@ -87,20 +88,37 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
     return shim.pid
 
 
-def _read_notify(fd: int, timeout_s: float) -> str:
+def _keep_in_log(cid: str, details: str, debug: bool) -> None:
+    """A failed create's shim log (its teardown removed the file) into a text
+    --log, as warnings before the error line; never on stderr, which gets one
+    line (with --debug the shim has echoed it there). Not into a JSON --log:
+    podman 4.3 reads that file as one JSON object when the runtime fails."""
+    text_file = any(isinstance(h, logging.FileHandler) and type(h.formatter) is logging.Formatter
+                    for h in logging.getLogger().handlers)
+    if details and text_file and not debug:
+        for line in details.splitlines():
+            log.warning("shim of %s: %s", cid, line)
+
+
+def _read_notify(fd: int, timeout_s: float) -> tuple[str, str]:
+    """The shim's status line, and after an error the log lines that follow
+    it (the shim has exited by then: EOF comes at once)."""
     deadline = time.monotonic() + timeout_s
     data = b""
     try:
-        while b"\n" not in data and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if b"\n" in data and not data.startswith(b"error"):
+                break
             if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 break
-            chunk = os.read(fd, 4096)
+            chunk = os.read(fd, 65536)
             if not chunk:
                 break
             data += chunk
     finally:
         os.close(fd)
-    return data.decode(errors="replace").strip()
+    line, _, details = data.decode(errors="replace").partition("\n")
+    return line.strip(), details
 
 
 def _agent(root: Path, cid: str, config_path: str | None):  # type: ignore[no-untyped-def]
@@ -211,7 +229,7 @@ def _spawn_exec_shim(root: Path, cid: str, exec_id: str, config_path: str | None
     extra = ["--exec-id", exec_id]
     if console_socket is not None:
         extra += ["--console-socket", str(console_socket.resolve())]
-    shim, line = _spawn_shim(root, cid, config_path, *extra)
+    shim, line, _ = _spawn_shim(root, cid, config_path, *extra)
     if not line.startswith("ok"):
         raise KataError(f"exec in container {cid}: {line or 'the exec shim died'}")
     shim.returncode = 0  # it outlives us
@@ -219,8 +237,8 @@ def _spawn_exec_shim(root: Path, cid: str, exec_id: str, config_path: str | None
 
 
 def _spawn_shim(root: Path, cid: str, config_path: str | None,
-                *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a shim with our stdio and return it with its first notify line."""
+                *extra: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """Start a shim with our stdio; (it, its status line, the log lines after an error)."""
     read_fd, write_fd = os.pipe()
     # -P: never the current directory first on sys.path (a checkout's kata_py/
     # would shadow the installed package).
@@ -232,7 +250,7 @@ def _spawn_shim(root: Path, cid: str, config_path: str | None,
         shim = subprocess.Popen(argv, pass_fds=(write_fd,), close_fds=True)
     finally:
         os.close(write_fd)
-    return shim, _read_notify(read_fd, CREATE_TIMEOUT_S)
+    return (shim, *_read_notify(read_fd, CREATE_TIMEOUT_S))
 
 
 def _write_pid_file(pid_file: Path, pid: int) -> None:

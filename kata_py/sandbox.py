@@ -213,10 +213,10 @@ class Sandbox:
 
     def _log_tails(self) -> None:
         """Before a failed start removes the state dir, keep its logs in ours."""
-        for name in ("console.log", "qemu.log", "vsock-backend.log", "virtiofsd.log"):
+        for name in ("virtiofsd.log", "vsock-backend.log", "qemu.log", "console.log"):
             tail = log_tail(self.dir / name, 30)
             if tail:
-                log.debug("sandbox %s failed to start; %s ends with:\n%s", self.id, name, tail)
+                log.info("sandbox %s failed to start; %s ends with:\n%s", self.id, name, tail)
 
     def gone_reason(self) -> str:
         """Why the agent stopped answering a running sandbox: its VM ended, or not."""

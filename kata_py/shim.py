@@ -37,7 +37,7 @@ from kata_py.config import load_config
 from kata_py.console import get_winsize, open_pty, send_console, set_winsize
 from kata_py.errors import KataError
 from kata_py.hooks import run_hooks
-from kata_py.hypervisor.process import read_start_time
+from kata_py.hypervisor.process import log_tail, read_start_time
 from kata_py.network import netns_path
 from kata_py.sandbox import Sandbox
 from kata_py.sizing import vm_size
@@ -56,11 +56,14 @@ WAIT_SLICE_S = 60.0
 DRAIN_WAIT_S = 10.0
 READ_MAX_BYTES = 1 << 20   # per ReadStdout/ReadStderr: fewer round trips through the VM
 AGENT_GONE_EXIT = 255
+FAILED_LOG_LINES = 80       # of shim.log (with the sandbox's log tails) after a failed create
 
 
-def _notify(fd: int, line: str) -> None:
+def _notify(fd: int, line: str, details: str = "") -> None:
+    """One status line (`ok PID` or `error LINE`); after an error, the tail of
+    our log, whose file the teardown removes: create keeps it in its --log."""
     try:
-        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+        os.write(fd, (line.replace("\n", " ") + "\n" + details).encode())
         os.close(fd)
     except OSError:
         pass
@@ -278,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         shim.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)
+        details = log_tail(log_path, FAILED_LOG_LINES)
         _teardown_failed_create(args.root, args.id, args.config)
-        _notify(args.notify_fd, f"error {exc}")
+        _notify(args.notify_fd, f"error {exc}", details)
         return 1
     except BaseException as exc:  # noqa: BLE001 - the one line create prints
         log.exception("create failed")
+        details = log_tail(log_path, FAILED_LOG_LINES)
         _teardown_failed_create(args.root, args.id, args.config)
-        _notify(args.notify_fd, f"error internal error: {type(exc).__name__}: {exc}")
+        _notify(args.notify_fd, f"error internal error: {type(exc).__name__}: {exc}", details)
         return 1
     if echo is not None:
         logging.getLogger().removeHandler(echo)   # stderr is the container's from here on

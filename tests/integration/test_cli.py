@@ -287,6 +287,28 @@ def _wait_running(root: Path, cid: str) -> None:
         time.sleep(0.5)
 
 
+def test_a_vm_that_cannot_boot_fails_create_and_its_logs_reach_the_log_file(
+        root: Path, bundle: Callable[..., Path], tmp_path: Path) -> None:
+    """No init in the guest: the kernel panics and the VM ends. stderr gets
+    one line; a text --log file gets the shim's log with the sandbox's log
+    tails, which the teardown removed from the state dir."""
+    config = tmp_path / "kata-py.toml"
+    config.write_text('[hypervisor]\nkernel_params = "rdinit=/nonexistent init=/nonexistent"\n')
+    log_file = tmp_path / "kata-py.log"
+    r = kp(root, "--log", str(log_file), "--config", str(config), "create", "-b",
+           str(bundle("true")), "noboot")
+    _one_line_error(r, b"VM stopped before the agent answered")
+    logged = log_file.read_text()
+    assert "shim of noboot: " in logged and "console.log ends with:" in logged, logged
+    assert "Kernel panic" in logged or "No working init" in logged, logged
+    # The last line is still create's own error.
+    last_error = [ln for ln in logged.splitlines() if "kata-py: shim of" not in ln][-1]
+    assert "VM stopped before the agent answered" in last_error, logged
+    assert not (root / "containers" / "noboot").exists()
+    assert not (root / "vm" / "noboot").exists()
+    assert b"noboot" not in kp(root, "list", "-q").stdout
+
+
 def test_a_vm_that_dies_under_a_running_container_is_reported_and_cleaned_up(
         root: Path, bundle: Callable[..., Path], tmp_path: Path) -> None:
     b = bundle("sleep", "600")
