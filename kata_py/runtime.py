@@ -26,6 +26,7 @@ from kata_py.state import ContainerState, StateStore, Status, now_rfc3339
 log = logging.getLogger(__name__)
 
 CREATE_TIMEOUT_S = 300.0
+DETAILS_WAIT_S = 2.0        # for the log lines after a shim's error line
 SHIM_EXIT_WAIT_S = 10.0
 
 
@@ -102,13 +103,16 @@ def _keep_in_log(cid: str, details: str, debug: bool) -> None:
 
 def _read_notify(fd: int, timeout_s: float) -> tuple[str, str]:
     """The shim's status line, and after an error the log lines that follow
-    it (the shim has exited by then: EOF comes at once)."""
+    it (the shim exits right after them: EOF comes at once, and a stray
+    holder of the pipe costs at most DETAILS_WAIT_S)."""
     deadline = time.monotonic() + timeout_s
     data = b""
     try:
         while time.monotonic() < deadline:
-            if b"\n" in data and not data.startswith(b"error"):
-                break
+            if b"\n" in data:
+                if not data.startswith(b"error"):
+                    break
+                deadline = min(deadline, time.monotonic() + DETAILS_WAIT_S)
             if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 break
             chunk = os.read(fd, 65536)
