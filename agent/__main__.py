@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from kata_py.agent.zygote import Zygote
         zygote = Zygote.fork(LAUNCHER_ENV, CONFIG_FD)
     from kata_py.agent import deferred
-    deferred.defer()       # asyncio, grpc.aio: a threaded server never uses them (−0.3 s boot)
+    deferred.defer()       # modules grpc and protobuf import but never use here (deferred.py)
     from kata_py.agent.server import AgentServer  # gRPC: ~1 s of guest boot under TCG
 
     # The reaper owns every waitpid(); as PID 1 it also collects all orphans.

@@ -192,9 +192,8 @@ class LaunchConfig:
     devices: tuple[Device, ...] = ()
     default_devices: bool = True  # null, zero, full, random, urandom, tty (runc)
     sysctl: dict[str, str] = field(default_factory=dict)
-    seccomp: dict[str, Any] | None = None  # fields of kata_py.agent.seccomp.SeccompProfile
-    # linux.seccomp compiled by the host: base64 of the struct sock_filter
-    # array and the seccomp(2) flags; when set, `seccomp` is not used.
+    # linux.seccomp, compiled by the host (kata_py.agent.seccomp): base64 of
+    # the struct sock_filter array and the seccomp(2) flags; "" = no filter.
     seccomp_program: str = ""
     seccomp_flags: int = 0
     cgroup: Cgroup | None = None

@@ -382,31 +382,26 @@ def preload() -> None:
 
 @dataclass(frozen=True)
 class SeccompFilter:
-    """A compiled filter, ready to install (compiled before pivot_root: after it,
-    kata_py.agent.seccomp could no longer be imported from the guest's filesystem)."""
+    """A filter ready to install: its installer is loaded before pivot_root
+    (after it, kata_py.agent.seccomp could no longer be imported)."""
 
     install: Callable[[bytes, int], None]
     program: bytes
     flags: int
 
 
-def compile_seccomp(config: LaunchConfig) -> SeccompFilter | None:
-    """The filter to install: the host's compiled program when the
-    description has one, else linux.seccomp compiled here by seccomp.py
-    (which owns the BPF)."""
-    if config.seccomp is None and not config.seccomp_program:
+def seccomp_filter(config: LaunchConfig) -> SeccompFilter | None:
+    """The host's compiled linux.seccomp, with seccomp.py's installer (loaded
+    before pivot_root, see SeccompFilter)."""
+    if not config.seccomp_program:
         return None
     with step("seccomp"):
         module = seccomp_module()
         if module is None:
-            raise LaunchError("seccomp: a profile was given but kata_py.agent.seccomp "
+            raise LaunchError("seccomp: a filter was given but kata_py.agent.seccomp "
                               "is not available")
-        if config.seccomp_program:
-            return SeccompFilter(module.install, binascii.a2b_base64(config.seccomp_program),
-                                 config.seccomp_flags)
-        assert config.seccomp is not None
-        program, flags = module.compile_description(config.seccomp)
-        return SeccompFilter(module.install, program, flags)
+        return SeccompFilter(module.install, binascii.a2b_base64(config.seccomp_program),
+                             config.seccomp_flags)
 
 
 def install_seccomp(seccomp: SeccompFilter | None) -> None:
@@ -559,7 +554,7 @@ def run(config: LaunchConfig, reporter: Reporter) -> int:
     os.set_inheritable(config.fds.start, False)
     if config.fds.console_socket >= 0:
         os.set_inheritable(config.fds.console_socket, False)
-    seccomp = compile_seccomp(config)
+    seccomp = seccomp_filter(config)
     setup_cgroup(config)
     join_namespaces(config)
     unshare_namespaces(config)

@@ -1,11 +1,12 @@
 """OCI ``linux.seccomp`` -> classic BPF, installed with seccomp(2), no libseccomp.
 
-Owns: the typed profile the agent builds from the request
-(:class:`SeccompProfile`), its compilation into a ``struct sock_filter`` array
-(:func:`compile_filter`) and installing it on the calling thread
-(:func:`install`, :func:`set_no_new_privs`). It must not parse protobuf or JSON
-(the agent translates the request into these dataclasses) and runs in the
-single-threaded container launcher right before ``execve``.
+Owns: the typed profile (:class:`SeccompProfile`), its compilation into a
+``struct sock_filter`` array (:func:`compile_filter`,
+:func:`compile_description`), which the host does once per container
+(kata_py/translate.py), and installing the program on the calling thread
+(:func:`install`, :func:`set_no_new_privs`), which the single-threaded
+container launcher does right before ``execve``. It must not parse protobuf
+or JSON: its callers hand it dataclasses or their dict form.
 
 References: OCI runtime-spec config-linux.md "Seccomp"; the kernel's
 Documentation/userspace-api/seccomp_filter.rst and include/uapi/linux/

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 from kata_py.agent import deferred
 from kata_py.errors import AgentError, NotFoundError
 
-deferred.defer()    # asyncio, grpc.aio: the host's sync client never uses them (−30 ms a verb)
+deferred.defer()    # modules grpc and protobuf import but a sync client never uses
 import grpc  # noqa: E402
 
 from kata_py.agent.protocols import agent_pb2 as pb  # noqa: E402

@@ -281,16 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         shim.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)
-        details = log_tail(log_path, FAILED_LOG_LINES)
-        _teardown_failed_create(args.root, args.id, args.config)
-        _notify(args.notify_fd, f"error {exc}", details)
-        return 1
+        return _fail_create(args, log_path, str(exc))
     except BaseException as exc:  # noqa: BLE001 - the one line create prints
         log.exception("create failed")
-        details = log_tail(log_path, FAILED_LOG_LINES)
-        _teardown_failed_create(args.root, args.id, args.config)
-        _notify(args.notify_fd, f"error internal error: {type(exc).__name__}: {exc}", details)
-        return 1
+        return _fail_create(args, log_path, f"internal error: {type(exc).__name__}: {exc}")
     if echo is not None:
         logging.getLogger().removeHandler(echo)   # stderr is the container's from here on
     _notify(args.notify_fd, f"ok {os.getpid()}")
@@ -316,6 +310,15 @@ def _serve_exec(root: Path, cid: str, exec_id: str, config_path: str | None,
     except KataError:
         pass
     return code
+
+
+def _fail_create(args: argparse.Namespace, log_path: Path, message: str) -> int:
+    """Tear down what create built, then tell create why, with our log's tail
+    (the teardown removes the file)."""
+    details = log_tail(log_path, FAILED_LOG_LINES)
+    _teardown_failed_create(args.root, args.id, args.config)
+    _notify(args.notify_fd, f"error {message}", details)
+    return 1
 
 
 def _teardown_failed_create(root: Path, cid: str, config_path: str | None) -> None:

@@ -10,6 +10,7 @@ unchanged afterwards. The cgroup tests mount their own cgroup2 under a temp dir
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -536,19 +537,21 @@ def test_terminal_passed_as_stdin_becomes_the_controlling_tty(rootfs: Path) -> N
     assert output.split()[-1] != "tty_nr=0"
 
 
-def _seccomp_dict(**fields: Any) -> dict[str, Any]:
+def _seccomp_program(**fields: Any) -> dict[str, Any]:
+    """The launch description's fields for a profile denying mkdir, compiled
+    as the host compiles linux.seccomp."""
     seccomp = pytest.importorskip("kata_py.agent.seccomp")
     rule = seccomp.SyscallRule(names=("mkdir", "mkdirat"), action="SCMP_ACT_ERRNO",
                                errno_ret=1)
-    profile = seccomp.SeccompProfile(default_action="SCMP_ACT_ALLOW", syscalls=(rule,),
-                                     **fields)
-    return dataclasses.asdict(profile)
+    program, flags = seccomp.compile_description(dataclasses.asdict(
+        seccomp.SeccompProfile(default_action="SCMP_ACT_ALLOW", syscalls=(rule,), **fields)))
+    return {"seccomp_program": base64.b64encode(program).decode(), "seccomp_flags": flags}
 
 
 @pytest.mark.parametrize("no_new_privileges", [True, False])
 def test_seccomp_profile_is_enforced(rootfs: Path, no_new_privileges: bool) -> None:
     out = run_sh(rootfs, "mkdir /tmp/d 2>/dev/null; echo rc=$?; grep Seccomp: /proc/self/status",
-                 seccomp=_seccomp_dict(), no_new_privileges=no_new_privileges).stdout
+                 **_seccomp_program(), no_new_privileges=no_new_privileges).stdout
     assert out.split() == ["rc=1", "Seccomp:", "2"]
 
 
