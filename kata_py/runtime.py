@@ -48,6 +48,7 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
 
+    _config(root, config_path)              # a bad runtime config: nothing is created
     bundle = bundle.resolve()
     spec = load_spec(bundle)                # bad config.json: nothing is created
     to_launch_config(spec, cid)             # refuses what the guest cannot honour
