@@ -19,7 +19,7 @@ import google.protobuf
 import grpc
 
 from kata_py import __version__
-from kata_py.agent import guest, network, relay, shared
+from kata_py.agent import guest, network, relay, restore, shared
 from kata_py.agent.containers import ContainerManager
 from kata_py.agent.errors import DeadlineExceeded, FailedPrecondition, status_for
 from kata_py.agent.protocols import agent_pb2 as pb
@@ -210,6 +210,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
                          context: grpc.ServicerContext) -> Any:
         return _handle(context, "ConfigureNetwork", _void(
             lambda: self.do_configure_network(request)))
+
+    def RestoreSandbox(self, request: pb.RestoreSandboxRequest,
+                       context: grpc.ServicerContext) -> Any:
+        return _handle(context, "RestoreSandbox", _void(lambda: restore.restore(
+            request.realtime_ns, request.entropy, request.mount_shared, self.shared_dir)))
 
     def _read(self, request: pb.ReadStreamRequest, context: grpc.ServicerContext,
               which: str) -> pb.ReadStreamResponse:

@@ -79,6 +79,16 @@ class ConfigureNetworkRequest(_message.Message):
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     def __init__(self, interfaces: _Optional[_Iterable[_Union[Interface, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
 
+class RestoreSandboxRequest(_message.Message):
+    __slots__ = ("realtime_ns", "entropy", "mount_shared")
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_SHARED_FIELD_NUMBER: _ClassVar[int]
+    realtime_ns: int
+    entropy: bytes
+    mount_shared: bool
+    def __init__(self, realtime_ns: _Optional[int] = ..., entropy: _Optional[bytes] = ..., mount_shared: _Optional[bool] = ...) -> None: ...
+
 class UpdateContainerRequest(_message.Message):
     __slots__ = ("container_id", "resources_json")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

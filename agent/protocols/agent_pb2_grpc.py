@@ -256,6 +256,11 @@ class AgentServiceStub:
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ConfigureNetworkRequest.SerializeToString,
                 response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.RestoreSandbox = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/RestoreSandbox',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.RestoreSandboxRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -401,6 +406,17 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreSandbox(self, request, context):
+        """The first call into a VM restored from a template (kata_py/factory.py;
+        Kata's SetGuestDateTime + ReseedRandomDev + the share's storage in one):
+        set the clock, which is the template's until then; mix the host's bytes
+        into the kernel RNG and reseed it, so no two clones share its state; and
+        mount the hot-plugged virtio-fs share once its device has appeared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -502,6 +518,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
             'ConfigureNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfigureNetwork,
                     request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ConfigureNetworkRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'RestoreSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreSandbox,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.RestoreSandboxRequest.FromString,
                     response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
             ),
     }
@@ -1045,6 +1066,33 @@ class AgentService:
             target,
             '/kata_py.agent.v1.AgentService/ConfigureNetwork',
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.ConfigureNetworkRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/RestoreSandbox',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.RestoreSandboxRequest.SerializeToString,
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
             options,
             channel_credentials,
