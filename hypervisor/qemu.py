@@ -72,12 +72,25 @@ class VmConfig:
     console_log: Path
     qmp_socket: Path
     pidfile: Path
-    vsock: VsockDevice
+    vsock: VsockDevice | None
     virtiofs_socket: Path | None = None
     rootfs: Path | None = None
     tcg_tb_size_mib: int = 32
     nics: tuple[NetDevice, ...] = ()
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # VM templates (kata_py/factory.py): guest RAM in a file, or in an fd
+    # QEMU inherits (shared, and left out of the migration stream:
+    # x-ignore-shared), empty PCIe root ports to hot-plug into (q35), and a
+    # saved device state to load (an inherited fd) into the paused VM.
+    memory_file: Path | None = None
+    memory_fd: int | None = None
+    hotplug_ports: int = 0
+    incoming_fd: int | None = None
+
+    def pass_fds(self) -> list[int]:
+        """The fds QEMU must inherit: NIC taps, guest RAM, the saved state."""
+        return [nic.fd for nic in self.nics] + [
+            fd for fd in (self.memory_fd, self.incoming_fd) if fd is not None]
 
 
 def _device(cfg: VmConfig, base: str) -> str:
@@ -101,8 +114,30 @@ def accel_args(cfg: VmConfig) -> list[str]:
 
 
 def memory_args(cfg: VmConfig) -> list[str]:
-    return ["-smp", str(cfg.vcpus), "-m", f"{cfg.memory_mib}M",
-            "-object", f"memory-backend-memfd,id=mem,size={cfg.memory_mib}M,share=on"]
+    args = ["-smp", str(cfg.vcpus), "-m", f"{cfg.memory_mib}M"]
+    if cfg.memory_fd is not None:
+        path = f"/proc/self/fd/{cfg.memory_fd}"   # QEMU re-opens its inherited fd
+    elif cfg.memory_file is not None:
+        path = str(cfg.memory_file)
+    else:
+        return args + ["-object",
+                       f"memory-backend-memfd,id=mem,size={cfg.memory_mib}M,share=on"]
+    return args + ["-object", f"memory-backend-file,id=mem,size={cfg.memory_mib}M,"
+                   f"mem-path={path},share=on"]
+
+
+def hotplug_port_id(index: int) -> str:
+    return f"hp{index}"
+
+
+def hotplug_args(cfg: VmConfig) -> list[str]:
+    args = []
+    for i in range(cfg.hotplug_ports):
+        args += ["-device", f"pcie-root-port,id={hotplug_port_id(i)},chassis={i + 1}"]
+    if cfg.incoming_fd is not None:
+        # defer: x-ignore-shared must be set (QMP) before the state is read
+        args += ["-S", "-incoming", "defer"]
+    return args
 
 
 def boot_args(cfg: VmConfig) -> list[str]:
@@ -137,6 +172,8 @@ def virtiofs_args(cfg: VmConfig) -> list[str]:
 
 
 def vsock_args(cfg: VmConfig) -> list[str]:
+    if cfg.vsock is None:
+        return []
     if cfg.vsock.kind == "vhost":
         return ["-device", f"{_device(cfg, 'vhost-vsock')},guest-cid={cfg.vsock.guest_cid}"]
     return ["-chardev", f"socket,id=vsock0,path={cfg.vsock.socket}",
@@ -165,7 +202,8 @@ def build_argv(cfg: VmConfig) -> list[str]:
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         *machine_args(cfg), *accel_args(cfg), *memory_args(cfg), *boot_args(cfg),
         *console_args(cfg), *qmp_args(cfg), *rootfs_args(cfg), *virtiofs_args(cfg),
-        *vsock_args(cfg), *net_args(cfg), *cfg.extra_args, *daemon_args(cfg),
+        *vsock_args(cfg), *net_args(cfg), *hotplug_args(cfg), *cfg.extra_args,
+        *daemon_args(cfg),
     ]
 
 
@@ -175,10 +213,11 @@ def launch(cfg: VmConfig, log_path: Path) -> ProcessRef:
     log.debug("qemu argv: %s", " ".join(argv))
     with open(log_path, "ab") as out:
         try:
-            # pass_fds: the NICs' tap fds, which the daemonized QEMU keeps.
+            # pass_fds: the NICs' tap fds (and a saved state), which the
+            # daemonized QEMU keeps.
             rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 timeout=LAUNCH_TIMEOUT_S, check=False,
-                                pass_fds=[nic.fd for nic in cfg.nics]).returncode
+                                pass_fds=cfg.pass_fds()).returncode
         except FileNotFoundError as exc:
             raise HypervisorError(f"QEMU binary {cfg.binary!r} not found",
                                   "install qemu-system-x86 or set [hypervisor] path",

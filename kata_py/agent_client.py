@@ -241,6 +241,11 @@ class AgentClient:
                              source=r.source) for r in routes])
         self._call("ConfigureNetwork", self.agent.ConfigureNetwork, request)
 
+    def restore_sandbox(self, entropy: bytes, mount_shared: bool) -> None:
+        """A VM restored from a template: clock, RNG reseed, the share (factory.py)."""
+        self._call("RestoreSandbox", self.agent.RestoreSandbox, pb.RestoreSandboxRequest(
+            realtime_ns=time.time_ns(), entropy=entropy, mount_shared=mount_shared))
+
     def destroy_sandbox(self) -> None:
         self._call("DestroySandbox", self.agent.DestroySandbox,
                    pb.DestroySandboxRequest(), DESTROY_TIMEOUT_S)

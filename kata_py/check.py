@@ -95,8 +95,10 @@ def _boot(cfg: RuntimeConfig, report: Report) -> None:
         return
     finally:
         sandbox.stop()
+    how = (f"restored from VM template {times.template}" if times.template
+           else f"VM boot {times.agent_s:.2f}s")
     report.add("boot", True, f"agent ready {times.total_s:.2f}s after start "
-                             f"(VM boot {times.agent_s:.2f}s, {times.accelerator})")
+                             f"({how}, {times.accelerator})")
     report.add("guest", True, f"kernel {details.kernel_release}, "
                               f"{details.mem_total_bytes >> 20} MiB, {details.online_cpus} "
                               f"CPU(s), share mounted: {details.shared_dir_mounted}")

@@ -1,4 +1,4 @@
-"""The runtime configuration (TOML): hypervisor, virtiofsd, vsock, agent.
+"""The runtime configuration (TOML): hypervisor, virtiofsd, vsock, agent, factory.
 
 Looked up in order: the `--config` path, `$KATA_PY_CONFIG`,
 `/etc/kata-py/configuration.toml`; with none, the defaults below apply
@@ -51,12 +51,19 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class FactoryConfig:
+    template: bool = True               # restore sandboxes from a saved VM (kata_py/factory.py)
+    template_dir: str = "/var/cache/kata-py/templates"
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     state_dir: str = "/run/kata-py"
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     virtiofsd: VirtiofsdConfig = field(default_factory=VirtiofsdConfig)
     vsock: VsockConfig = field(default_factory=VsockConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    factory: FactoryConfig = field(default_factory=FactoryConfig)
 
 
 _CHOICES = {

@@ -44,6 +44,7 @@ from kata_py.image import GuestImage, load_image
 
 if TYPE_CHECKING:
     from kata_py.agent_client import AgentClient
+    from kata_py.factory import Template
     from kata_py.translate import HostShare
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,10 @@ def guest_kernel_params(image: GuestImage, cfg: RuntimeConfig) -> str:
 class BootTimes:
     accelerator: str
     daemons_s: float        # virtiofsd + vsock transport up
-    qemu_s: float           # QEMU launched (devices realised)
+    qemu_s: float           # QEMU launched (devices realised; restored and plugged)
     agent_s: float          # QEMU launched → agent answered health
     total_s: float
+    template: str = ""      # the VM template it was restored from (factory.py), if any
 
 
 class Sandbox:
@@ -117,6 +119,7 @@ class Sandbox:
         self.accelerator = ""
         self.netns = netns
         self.network: network.SandboxNetwork | None = None
+        self.template: Template | None = None   # the VM template it was restored from
 
     # -- start ---------------------------------------------------------------
 
@@ -175,28 +178,95 @@ class Sandbox:
             pidfile=self.dir / "qemu.pid", vsock=self.transport.device(),
             virtiofs_socket=fs_socket, tcg_tb_size_mib=hv.tcg_tb_size_mib,
             nics=self._nics())
-        try:
-            self.vm = qemu.launch(vm_cfg, self.dir / "qemu.log")
-        finally:
-            if self.network is not None:
-                self.network.close_fds()  # QEMU has its own copies (or failed)
-        self._save()
+        # gRPC is imported only once QEMU runs, while the guest boots: ~70 ms
+        # off the path from `create` to QEMU's start.
+        if self._use_template(vm_cfg):
+            self._restore(vm_cfg)
+        else:
+            self._boot(vm_cfg)
         t_qemu = time.monotonic()
-        # gRPC is imported only now, while the guest boots: ~70 ms off the
-        # path from `create` to QEMU's start.
         from kata_py.agent_client import AgentClient
         self.agent = AgentClient(self.transport.agent_target())
         vm = self.vm
+        assert vm is not None
         self.agent.wait_ready(self.cfg.agent.boot_timeout_s, vm.alive)
+        if self.template is not None:
+            self.agent.restore_sandbox(os.urandom(64), mount_shared=True)
         t_ready = time.monotonic()
         if self.network is not None and self.network.interfaces:
             self.agent.configure_network(self.network.interfaces, self.network.routes)
             log.info("sandbox %s: taps %.3fs, guest network configured in %.3fs", self.id,
                      network_s, time.monotonic() - t_ready)
             t_ready = time.monotonic()
-        log.info("sandbox %s ready in %.2fs (%s)", self.id, t_ready - t0, self.accelerator)
+        log.info("sandbox %s ready in %.2fs (%s, %s)", self.id, t_ready - t0, self.accelerator,
+                 f"restored from template {self.template.key}" if self.template else "booted")
         return BootTimes(self.accelerator, t_daemons - t0, t_qemu - t_daemons,
-                         t_ready - t_qemu, t_ready - t0)
+                         t_ready - t_qemu, t_ready - t0,
+                         self.template.key if self.template else "")
+
+    def _use_template(self, vm_cfg: qemu.VmConfig) -> bool:
+        if not self.cfg.factory.template:
+            return False
+        from kata_py import factory
+        if len(vm_cfg.nics) > factory.NIC_PORTS:
+            log.info("sandbox %s: %d NICs, more than a VM template has ports for (%d); "
+                     "booting it", self.id, len(vm_cfg.nics), factory.NIC_PORTS)
+            return False
+        return True
+
+    def _boot(self, vm_cfg: qemu.VmConfig) -> None:
+        try:
+            self.vm = qemu.launch(vm_cfg, self.dir / "qemu.log")
+        finally:
+            if self.network is not None:
+                self.network.close_fds()  # QEMU has its own copies (or failed)
+        self._save()
+
+    def _restore(self, vm_cfg: qemu.VmConfig) -> None:
+        """Start the VM from its template (built first if need be; factory.py)."""
+        from kata_py import factory
+        tpl, state_fd, memory_fd = self._open_template(vm_cfg)
+        try:
+            self.vm = qemu.launch(factory.restore_config(vm_cfg, tpl, memory_fd, state_fd),
+                                  self.dir / "qemu.log")
+        finally:
+            os.close(memory_fd)
+            os.close(state_fd)
+        self.template = tpl
+        self._save()
+        try:
+            assert vm_cfg.vsock is not None and vm_cfg.virtiofs_socket is not None
+            factory.plug(self.qmp_socket, state_fd, factory.Plug(
+                vm_cfg.vsock, vm_cfg.virtiofs_socket, vm_cfg.nics), self.vm)
+        except HypervisorError:
+            if not self.vm.alive():   # QEMU refused the saved state
+                factory.discard(tpl)
+            raise
+        finally:
+            if self.network is not None:
+                self.network.close_fds()
+
+    def _open_template(self, vm_cfg: qemu.VmConfig) -> tuple[Template, int, int]:
+        """The template (built if need be), its state opened, its RAM copied."""
+        from kata_py import factory
+        for attempt in (1, 2):
+            tpl = factory.ensure(Path(self.cfg.factory.template_dir), vm_cfg,
+                                 self.cfg.agent.boot_timeout_s)
+            state_fd = -1
+            try:
+                state_fd = os.open(tpl.state, os.O_RDONLY | os.O_CLOEXEC)
+                return tpl, state_fd, factory.copy_memory(tpl)
+            except FileNotFoundError:
+                if state_fd >= 0:
+                    os.close(state_fd)
+                if attempt == 2:
+                    raise
+                # pruned by another create since ensure(): build it again
+            except BaseException:
+                if state_fd >= 0:
+                    os.close(state_fd)
+                raise
+        raise AssertionError("unreachable")
 
     def _nics(self) -> tuple[qemu.NetDevice, ...]:
         if self.network is None:

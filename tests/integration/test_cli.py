@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from kata_py.config import load_config
 from kata_py.console import recv_console, set_winsize
 from kata_py.spec_default import default_spec
 
@@ -287,13 +288,16 @@ def _wait_running(root: Path, cid: str) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.parametrize("template", ["true", "false"])
 def test_a_vm_that_cannot_boot_fails_create_and_its_logs_reach_the_log_file(
-        root: Path, bundle: Callable[..., Path], tmp_path: Path) -> None:
-    """No init in the guest: the kernel panics and the VM ends. stderr gets
-    one line; a text --log file gets the shim's log with the sandbox's log
-    tails, which the teardown removed from the state dir."""
+        root: Path, bundle: Callable[..., Path], tmp_path: Path, template: str) -> None:
+    """No init in the guest: the kernel panics and the VM ends (the VM template's
+    boot, by default). stderr gets one line; a text --log file gets the shim's
+    log with the VM's log tails, which the teardown removed from the state dir;
+    no half-built template is left."""
     config = tmp_path / "kata-py.toml"
-    config.write_text('[hypervisor]\nkernel_params = "rdinit=/nonexistent init=/nonexistent"\n')
+    config.write_text('[hypervisor]\nkernel_params = "rdinit=/nonexistent init=/nonexistent"\n'
+                      f'[factory]\ntemplate = {template}\n')
     log_file = tmp_path / "kata-py.log"
     r = kp(root, "--log", str(log_file), "--config", str(config), "create", "-b",
            str(bundle("true")), "noboot")
@@ -307,6 +311,8 @@ def test_a_vm_that_cannot_boot_fails_create_and_its_logs_reach_the_log_file(
     assert not (root / "containers" / "noboot").exists()
     assert not (root / "vm" / "noboot").exists()
     assert b"noboot" not in kp(root, "list", "-q").stdout
+    templates = Path(load_config(None).factory.template_dir)
+    assert not list(templates.glob(".build-*"))
 
 
 def test_a_vm_that_dies_under_a_running_container_is_reported_and_cleaned_up(

@@ -137,9 +137,12 @@ def test_interfaces_that_are_down_get_no_tap(pair: VethPair) -> None:
     assert (net.endpoints, net.interfaces, net.tap_fds) == ((), (), [])
 
 
+@pytest.mark.parametrize("template", [False, True])
 def test_sandbox_failing_at_qemu_launch_removes_its_taps(
-        pair: VethPair, runtime_config: RuntimeConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A start that fails after the network is set up tears it down too."""
+        pair: VethPair, runtime_config: RuntimeConfig, monkeypatch: pytest.MonkeyPatch,
+        template: bool) -> None:
+    """A start that fails after the network is set up tears it down too (booting
+    the VM, whose QEMU gets the taps; or restoring it, or building its template)."""
     seen: list[qemu.VmConfig] = []
 
     def launch(cfg: qemu.VmConfig, log_path: Path) -> None:
@@ -148,11 +151,12 @@ def test_sandbox_failing_at_qemu_launch_removes_its_taps(
 
     monkeypatch.setattr(qemu, "launch", launch)
     cfg = dataclasses.replace(runtime_config, hypervisor=dataclasses.replace(
-        runtime_config.hypervisor, accelerator="tcg"))
+        runtime_config.hypervisor, accelerator="tcg"), factory=dataclasses.replace(
+        runtime_config.factory, template=template))
     sb = Sandbox("net-fail", cfg, netns=pair.container_path)
     with pytest.raises(HypervisorError, match="injected"):
         sb.start()
-    assert [n.mac for n in seen[0].nics] == [pair.container_mac()]
+    assert [n.mac for n in seen[0].nics] == ([] if template else [pair.container_mac()])
     assert leftover_devices(pair) == []
     assert not sb.dir.exists() and leftovers(str(sb.dir)) == []
 

@@ -98,6 +98,10 @@ def _image_copy(tmp_path: Path, cfg: RuntimeConfig) -> Path:
 def _assert_nothing_left(sb: Sandbox) -> None:
     assert not sb.dir.exists()
     assert leftovers(str(sb.dir)) == []
+    # nor of a VM template that failed to build: no QEMU, no half-built files
+    templates = Path(sb.cfg.factory.template_dir)
+    assert leftovers(f"{templates}/.build-") == []
+    assert not list(templates.glob(".build-*"))
 
 
 def test_missing_guest_image_fails_before_creating_anything(
@@ -123,23 +127,32 @@ def test_bad_kernel_fails_with_qemus_reason_and_leaves_nothing(
     _assert_nothing_left(sb)
 
 
+@pytest.mark.parametrize("template", [False, True])
 def test_qemu_that_dies_during_boot_is_reported_with_the_console_reason(
-        sandboxes: Callable[..., Sandbox], runtime_config: RuntimeConfig) -> None:
-    # No init to run: the guest kernel panics, panic=-1 reboots, QEMU exits.
+        sandboxes: Callable[..., Sandbox], runtime_config: RuntimeConfig, template: bool
+        ) -> None:
+    # No init to run: the guest kernel panics, panic=-1 reboots, QEMU exits
+    # (the sandbox's VM, or its template's while that is built).
     cfg = _with_hypervisor(runtime_config, kernel_params="rdinit=/nonexistent init=/nonexistent")
+    cfg = replace(cfg, factory=replace(cfg.factory, template=template))
     sb = sandboxes(cfg)
-    with pytest.raises(AgentError, match="VM stopped before the agent answered.*console: .*"):
+    with pytest.raises((AgentError, HypervisorError),
+                       match="VM stopped before the agent answered.*console: .*"):
         sb.start()
     _assert_nothing_left(sb)
 
 
+@pytest.mark.parametrize("template", [False, True])
 def test_agent_that_never_answers_times_out_and_leaves_nothing(
-        sandboxes: Callable[..., Sandbox], runtime_config: RuntimeConfig) -> None:
-    # The guest boots, but its init just sleeps: nobody listens on port 1024.
+        sandboxes: Callable[..., Sandbox], runtime_config: RuntimeConfig, template: bool
+        ) -> None:
+    # The guest boots, but its init just sleeps: nobody listens on port 1024
+    # (and a template VM never says it is ready).
     cfg = _with_hypervisor(runtime_config, kernel_params="rdinit=/bin/busybox -- sleep 600")
-    cfg = replace(cfg, agent=replace(cfg.agent, boot_timeout_s=8.0))
+    cfg = replace(cfg, agent=replace(cfg.agent, boot_timeout_s=8.0),
+                  factory=replace(cfg.factory, template=template))
     sb = sandboxes(cfg)
-    with pytest.raises(AgentError, match="did not answer within 8s"):
+    with pytest.raises((AgentError, HypervisorError), match="did not answer within 8s"):
         sb.start()
     _assert_nothing_left(sb)
 
