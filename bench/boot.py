@@ -3,14 +3,18 @@
 - floor:   bare QEMU booting the guest image's kernel to a trivial init that
            reboots at once (QEMU start → exit), same machine/accelerator/memory;
 - kata-py: Sandbox.start() until the agent answers health (state dir,
-           virtiofsd, vsock backend, QEMU, guest boot, agent start);
+           virtiofsd, vsock backend, QEMU, guest boot, agent start), booting
+           each VM (cold, [factory] template = false) on each machine;
+- template: the same, restored from a VM template (kata_py/factory.py: the
+           default), after one template build in a private directory that
+           is timed too; its ratio is to the smallest floor measured;
 - memory:  RSS and PSS of qemu, virtiofsd and the vsock backend for one
            idle sandbox.
 
 Medians of --runs (≥ 5) and the kata-py/floor ratio, for each machine type
 in --machines (microvm is the default machine; q35 is measured beside it to
 keep that choice honest). Usage:
-    .venv/bin/python bench/boot.py [--runs 7] [--machines microvm,q35] [--json]
+    .venv/bin/python bench/boot.py [--runs 7] [--machines microvm,q35] [--no-template] [--json]
 """
 
 from __future__ import annotations
@@ -66,10 +70,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--machines", default="microvm,q35")
+    parser.add_argument("--no-template", action="store_true")
     args = parser.parse_args()
     runs = max(5, args.runs)
     work = Path(tempfile.mkdtemp(prefix="kpb-", dir="/tmp"))
     base = replace(load_config(None), state_dir=str(work / "s"))
+    base = replace(base, factory=replace(base.factory, template=False,
+                                         template_dir=str(work / "templates")))
     image = load_image(Path(base.hypervisor.image_dir))
     qemu = shutil.which(base.hypervisor.path) or base.hypervisor.path
     choice = accel.choose(base.hypervisor.accelerator, qemu, image.kernel,  # type: ignore[arg-type]
@@ -79,6 +86,10 @@ def main() -> None:
         for machine in args.machines.split(","):
             cfg = replace(base, hypervisor=replace(base.hypervisor, machine=machine))
             results[machine] = measure(cfg, image, choice.accelerator, work, machine, runs)
+        if not args.no_template:
+            results["template"] = measure_template(
+                replace(base, factory=replace(base.factory, template=True)), runs,
+                min(float(r["floor_median_s"]) for r in results.values()))  # type: ignore[arg-type]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
@@ -89,10 +100,17 @@ def main() -> None:
     print(f"accelerator: {choice.accelerator}; image: {image.manifest.get('format')}; "
           f"{runs} runs each; medians")
     for machine, r in results.items():
-        print(f"[{machine}]")
-        print(f"  {'bare QEMU boot to trivial init (floor)':<42} {r['floor_median_s']:.3f} s")
-        print(f"  {'kata-py boot to agent ready':<42} {r['kata_py_ready_median_s']:.3f} s"
-              f"   ratio {r['ratio']:.2f}x floor (goal <= 2x)")
+        if machine == "template":
+            print("[template: restored from a VM template (q35, PCI hot-plug)]")
+            print(f"  {'template build (once per VM shape)':<42} {r['build_s']:.3f} s")
+            print(f"  {'kata-py restore to agent ready':<42} {r['kata_py_ready_median_s']:.3f} s"
+                  f"   ratio {r['ratio']:.2f}x the smallest floor (goal <= 2x)")
+        else:
+            print(f"[{machine}: cold boot]")
+            print(f"  {'bare QEMU boot to trivial init (floor)':<42} "
+                  f"{r['floor_median_s']:.3f} s")
+            print(f"  {'kata-py boot to agent ready':<42} {r['kata_py_ready_median_s']:.3f} s"
+                  f"   ratio {r['ratio']:.2f}x floor (goal <= 2x)")
         memory = r["memory_kib"]
         assert isinstance(memory, dict)
         print("  idle sandbox memory (KiB):")
@@ -102,13 +120,13 @@ def main() -> None:
               f"PSS {sum(m['pss'] for m in memory.values()):>8}")
 
 
-def measure(cfg, image, accelerator: str, work: Path, machine: str,  # type: ignore[no-untyped-def]
-            runs: int) -> dict[str, object]:
-    floor = [floor_boot_s(cfg, image, accelerator, work, machine) for _ in range(runs)]
+def sandbox_runs(cfg, name: str, runs: int) -> tuple[list[float], dict[str, tuple[int, int]]]:  # type: ignore[no-untyped-def]
+    """Start and stop `runs` sandboxes: agent-ready times, and the first one's
+    memory after 2 s idle."""
     ready: list[float] = []
     memory: dict[str, tuple[int, int]] = {}
     for i in range(runs):
-        sb = Sandbox(f"bench-{machine}-{i}", cfg)
+        sb = Sandbox(f"bench-{name}-{i}", cfg)
         try:
             ready.append(sb.start().total_s)
             if i == 0:
@@ -117,6 +135,31 @@ def measure(cfg, image, accelerator: str, work: Path, machine: str,  # type: ign
                 memory = {p.name: smaps(p.pid) for p in procs}
         finally:
             sb.stop()
+    return ready, memory
+
+
+def measure_template(cfg, runs: int, floor_s: float) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from kata_py import factory
+    sb = Sandbox("bench-template-build", cfg)   # builds the template, then is restored
+    try:
+        sb.start()
+    finally:
+        sb.stop()
+    meta = next(Path(cfg.factory.template_dir).glob(f"*/{factory.META}"))
+    build_s = float(json.loads(meta.read_text())["build_s"])
+    ready, memory = sandbox_runs(cfg, "template", runs)
+    return {
+        "build_s": build_s, "floor_median_s": floor_s,
+        "kata_py_ready_median_s": statistics.median(ready),
+        "ratio": statistics.median(ready) / floor_s, "kata_py_ready_s": ready,
+        "memory_kib": {k: {"rss": v[0], "pss": v[1]} for k, v in memory.items()},
+    }
+
+
+def measure(cfg, image, accelerator: str, work: Path, machine: str,  # type: ignore[no-untyped-def]
+            runs: int) -> dict[str, object]:
+    floor = [floor_boot_s(cfg, image, accelerator, work, machine) for _ in range(runs)]
+    ready, memory = sandbox_runs(cfg, machine, runs)
     return {
         "floor_median_s": statistics.median(floor),
         "kata_py_ready_median_s": statistics.median(ready),
