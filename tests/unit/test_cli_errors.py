@@ -69,3 +69,21 @@ def test_a_usage_error_is_logged_too(tmp_path: Path) -> None:
     out = _cli(tmp_path, "--log-format=json", "--log", str(log), "create", "--bogus", "c1")
     assert out.returncode == 2
     assert json.loads(log.read_text())["msg"] == "No such option '--bogus'."
+
+
+def test_create_with_a_bad_runtime_config_fails_before_it_writes_any_state(
+        tmp_path: Path) -> None:
+    """The config is read before the container's state exists; it used to fail in
+    the shim and again in create's clean-up, which then left the state behind."""
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["/bin/true"], "cwd": "/"}}))
+    config = tmp_path / "kata-py.toml"
+    config.write_text("[factory]\ntemplat = true\n")
+    out = _cli(tmp_path / "root", "--config", str(config), "create", "-b", str(bundle), "c1")
+    assert out.returncode == 1
+    assert out.stderr == ("kata-py: unknown runtime config key 'factory.templat': remove it or "
+                          "check the spelling against configs/kata-py.toml\n")
+    assert not (tmp_path / "root" / "containers" / "c1").exists()
