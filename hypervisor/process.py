@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import subprocess
 import time
@@ -109,6 +110,20 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def wait_child(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """proc's exit status, waited for on a pidfd: Popen.wait(timeout) polls
+    with sleeps of up to 50 ms, which a daemonizing QEMU paid on every start.
+    Raises subprocess.TimeoutExpired (proc still running) after timeout_s."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout_s)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout_s)
+    return proc.wait()
 
 
 def spawn_daemon(argv: list[str], log_path: Path, name: str,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kata_py.errors import LOGS_HINT, HypervisorError
-from kata_py.hypervisor.process import ProcessRef, log_tail
+from kata_py.hypervisor.process import ProcessRef, log_tail, wait_child
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +215,14 @@ def launch(cfg: VmConfig, log_path: Path) -> ProcessRef:
         try:
             # pass_fds: the NICs' tap fds (and a saved state), which the
             # daemonized QEMU keeps.
-            rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                timeout=LAUNCH_TIMEOUT_S, check=False,
-                                pass_fds=cfg.pass_fds()).returncode
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    pass_fds=cfg.pass_fds())
+            try:
+                rc = wait_child(proc, LAUNCH_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
         except FileNotFoundError as exc:
             raise HypervisorError(f"QEMU binary {cfg.binary!r} not found",
                                   "install qemu-system-x86 or set [hypervisor] path",

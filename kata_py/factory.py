@@ -106,8 +106,21 @@ def template_key(vm: qemu.VmConfig) -> str:
         "params": shape.kernel_params, "vcpus": shape.vcpus, "memory_mib": shape.memory_mib,
         "accelerator": shape.accelerator, "tb": shape.tcg_tb_size_mib,
         "ports": shape.hotplug_ports,
+        # with KVM the saved vCPUs are the host's (-cpu host): a new host kernel
+        # or CPU must not restore them
+        "host": [os.uname().release, _cpu_model()] if shape.accelerator == "kvm" else None,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return ""
 
 
 def ensure(template_dir: Path, vm: qemu.VmConfig, boot_timeout_s: float) -> Template:

@@ -23,7 +23,9 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,6 +90,39 @@ def guest_kernel_params(image: GuestImage, cfg: RuntimeConfig) -> str:
         params.append(f"tsc_early_khz={khz}")
     params.append(f"kata_py.agent.log={cfg.agent.log_level}")
     return " ".join(params + [image.kernel_params, cfg.hypervisor.kernel_params]).strip()
+
+
+class _Opening:
+    """Sandbox._open_template() in a thread: result() joins it and returns its
+    value or raises its exception; discard() joins it and closes its fds."""
+
+    def __init__(self, fn: Callable[[qemu.VmConfig], tuple[Template, int, int]],
+                 vm_cfg: qemu.VmConfig) -> None:
+        self._value: tuple[Template, int, int] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, vm_cfg),
+                                        name="template", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[qemu.VmConfig], tuple[Template, int, int]],
+             vm_cfg: qemu.VmConfig) -> None:
+        try:
+            self._value = fn(vm_cfg)
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._error = exc
+
+    def result(self) -> tuple[Template, int, int]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+    def discard(self) -> None:
+        self._thread.join()
+        if self._value is not None:
+            os.close(self._value[1])
+            os.close(self._value[2])
 
 
 @dataclass(frozen=True)
@@ -159,14 +194,7 @@ class Sandbox:
         network_s = time.monotonic() - t_network
         self.shared_dir.mkdir()
         fs_socket = self.dir / "virtiofs.sock"
-        self.daemons.append(virtiofsd.start(fsd_binary, self.shared_dir, fs_socket,
-                                            self.dir / "virtiofsd.log",
-                                            self.cfg.virtiofsd.cache))
         self.transport = select_transport(self.cfg.vsock.transport, self.dir)  # type: ignore[arg-type]
-        self.transport.start()
-        self.daemons.extend(self.transport.processes())
-        self._save()
-        t_daemons = time.monotonic()
         hv = self.cfg.hypervisor
         vm_cfg = qemu.VmConfig(
             name=f"kata-py-{self.id}", binary=qemu_binary,
@@ -178,10 +206,25 @@ class Sandbox:
             pidfile=self.dir / "qemu.pid", vsock=self.transport.device(),
             virtiofs_socket=fs_socket, tcg_tb_size_mib=hv.tcg_tb_size_mib,
             nics=self._nics())
+        # The template's RAM is copied (or the template built) while the
+        # daemons start: sendfile and QEMU run without the GIL.
+        opening = _Opening(self._open_template, vm_cfg) if self._use_template(vm_cfg) else None
+        try:
+            self.daemons.append(virtiofsd.start(fsd_binary, self.shared_dir, fs_socket,
+                                                self.dir / "virtiofsd.log",
+                                                self.cfg.virtiofsd.cache))
+            self.transport.start()
+            self.daemons.extend(self.transport.processes())
+            self._save()
+        except BaseException:
+            if opening is not None:
+                opening.discard()
+            raise
+        t_daemons = time.monotonic()
         # gRPC is imported only once QEMU runs, while the guest boots: ~70 ms
         # off the path from `create` to QEMU's start.
-        if self._use_template(vm_cfg):
-            self._restore(vm_cfg)
+        if opening is not None:
+            self._restore(vm_cfg, *opening.result())
         else:
             self._boot(vm_cfg)
         t_qemu = time.monotonic()
@@ -222,10 +265,10 @@ class Sandbox:
                 self.network.close_fds()  # QEMU has its own copies (or failed)
         self._save()
 
-    def _restore(self, vm_cfg: qemu.VmConfig) -> None:
-        """Start the VM from its template (built first if need be; factory.py)."""
+    def _restore(self, vm_cfg: qemu.VmConfig, tpl: Template, state_fd: int,
+                 memory_fd: int) -> None:
+        """Start the VM from its template: load the state, plug the devices."""
         from kata_py import factory
-        tpl, state_fd, memory_fd = self._open_template(vm_cfg)
         try:
             self.vm = qemu.launch(factory.restore_config(vm_cfg, tpl, memory_fd, state_fd),
                                   self.dir / "qemu.log")

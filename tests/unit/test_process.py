@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kata_py.hypervisor.process import ProcessRef, log_tail, spawn_daemon
+from kata_py.hypervisor.process import ProcessRef, log_tail, spawn_daemon, wait_child
 
 
 def test_a_reused_pid_is_not_our_process() -> None:
@@ -44,3 +44,21 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(
 def test_state_round_trips_through_json() -> None:
     ref = ProcessRef(1234, 5678, "qemu")
     assert ProcessRef.from_json(ref.to_json()) == ref
+
+
+def test_wait_child_returns_the_exit_status_as_soon_as_the_child_ends() -> None:
+    proc = subprocess.Popen(["sh", "-c", "sleep 0.05; exit 7"])
+    start = time.monotonic()
+    assert wait_child(proc, 5.0) == 7
+    assert time.monotonic() - start < 1.0
+
+
+def test_wait_child_times_out_and_leaves_the_child_running() -> None:
+    proc = subprocess.Popen(["sleep", "5"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_child(proc, 0.1)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
