@@ -137,8 +137,7 @@ def _agent(root: Path, cid: str, config_path: str | None):  # type: ignore[no-un
 
 
 def start(root: Path, cid: str, config_path: str | None) -> None:
-    from kata_py.hooks import run_hooks
-    from kata_py.spec import load_spec
+    from kata_py.startsock import START_SOCKET, request_start
 
     st = store(root)
     with st.lock(cid):
@@ -146,10 +145,28 @@ def start(root: Path, cid: str, config_path: str | None) -> None:
         if state.status != "created":
             raise StateError(f"container {cid} is {state.status}, not created",
                              "only a created container can be started")
-        _agent(root, cid, config_path).start_container(cid)
+        # The shim starts it over its own connection to the agent; without
+        # one listening (its socket path too long, say), ask the agent here.
+        if not request_start(root / "containers" / cid / START_SOCKET):
+            _agent(root, cid, config_path).start_container(cid)
         state = dataclasses.replace(state, status="running")
         st.save(state)
-    run_hooks("poststart", load_spec(Path(state.bundle)).hooks.poststart, state.oci())
+    if _has_hooks(Path(state.bundle), "poststart"):
+        from kata_py.hooks import run_hooks
+        from kata_py.spec import load_spec
+
+        run_hooks("poststart", load_spec(Path(state.bundle)).hooks.poststart, state.oci())
+
+
+def _has_hooks(bundle: Path, name: str) -> bool:
+    """Whether config.json has hooks `name`, without parsing the whole spec."""
+    import json
+
+    try:
+        hooks = json.loads((bundle / "config.json").read_bytes()).get("hooks") or {}
+    except (OSError, ValueError, AttributeError):
+        return True     # let the full parse report it
+    return bool(isinstance(hooks, dict) and hooks.get(name)) or not isinstance(hooks, dict)
 
 
 def kill(root: Path, cid: str, signum: int, all_processes: bool,

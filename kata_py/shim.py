@@ -42,6 +42,7 @@ from kata_py.network import netns_path
 from kata_py.sandbox import Sandbox
 from kata_py.sizing import vm_size
 from kata_py.spec import Spec, load_spec
+from kata_py.startsock import START_SOCKET, StartListener
 from kata_py.state import ContainerState, StateStore
 from kata_py.translate import to_launch_config
 
@@ -189,6 +190,7 @@ class Shim:
         self.cfg = dataclasses.replace(self.cfg, state_dir=str(root))
         self.store = StateStore(root / "containers")
         self.sandbox: Sandbox | None = None     # sized from the spec in setup()
+        self.starter: StartListener | None = None
 
     def setup(self) -> ContainerState:
         state = self.store.load(self.cid)
@@ -219,6 +221,10 @@ class Shim:
         oci = state.oci()
         run_hooks("prestart", spec.hooks.prestart, oci)
         run_hooks("createRuntime", spec.hooks.create_runtime, oci)
+        agent = self.sandbox.agent
+        self.starter = StartListener(self.store.root / self.cid / START_SOCKET,
+                                     lambda: agent.start_container(self.cid))
+        self.starter.open()
         self.store.save(state)
         return state
 
@@ -246,6 +252,8 @@ class Shim:
                 pass
         else:
             log.info("container %s exited with %d", self.cid, code)
+        if self.starter is not None:
+            self.starter.close()
         with self.store.lock(self.cid):
             state = self.store.load(self.cid)
             self.store.save(dataclasses.replace(state, status="stopped", exit_code=code))

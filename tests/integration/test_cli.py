@@ -82,8 +82,11 @@ def test_lifecycle_by_hand(root: Path, bundle: Callable[..., Path], tmp_path: Pa
     state = json.loads(kp(root, "state", "lc").stdout)
     assert (state["status"], state["pid"], state["bundle"]) == ("created", shim_pid, str(b))
     assert kp(root, "list", "-q").stdout.split() == [b"lc"]
+    start_socket = root / "containers" / "lc" / "start.sock"
+    assert start_socket.is_socket()              # the shim starts it (startsock.py)
     assert kp(root, "start", "lc").returncode == 0
     assert json.loads(kp(root, "state", "lc").stdout)["status"] == "running"
+    assert not start_socket.exists()
     again = kp(root, "start", "lc")
     assert again.returncode == 1 and b"is running, not created" in again.stderr
     refused = kp(root, "delete", "lc")
@@ -98,6 +101,19 @@ def test_lifecycle_by_hand(root: Path, bundle: Callable[..., Path], tmp_path: Pa
     assert gone.returncode == 1
     assert gone.stderr == b"kata-py: container lc does not exist: check the id with " \
                           b"`kata-py list`\n"
+
+
+def test_start_without_the_shims_socket_asks_the_agent(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    """The fallback of `start` when no shim listens (say, a root too deep for a
+    unix socket path): it dials the agent itself."""
+    assert kp(root, "create", "-b", str(bundle("sleep", "600")), "ns").returncode == 0
+    (root / "containers" / "ns" / "start.sock").unlink()
+    assert kp(root, "start", "ns").returncode == 0
+    assert json.loads(kp(root, "state", "ns").stdout)["status"] == "running"
+    init = kp(root, "exec", "ns", "cat", "/proc/1/cmdline")   # the launcher has exec'd
+    assert init.returncode == 0 and init.stdout.split(b"\0")[:2] == [b"sleep", b"600"], init
+    assert kp(root, "delete", "--force", "ns").returncode == 0
 
 
 def test_delete_force_removes_a_running_container(root: Path, bundle: Callable[..., Path],

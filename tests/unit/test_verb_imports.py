@@ -46,3 +46,17 @@ def test_the_deferred_modules_still_work_when_used() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd="/")
     assert out.stdout.split() == ["42", "QMPClient", "insecure_channel"]
+
+
+def test_start_asks_the_shim_without_importing_grpc() -> None:
+    """`start` goes through the shim's start socket (kata_py/startsock.py); gRPC
+    is imported only when no shim listens."""
+    probe = (
+        "import json, sys\n"
+        "from kata_py import cli, runtime, startsock\n"
+        "print(json.dumps([m for m in ('grpc', 'kata_py.sandbox', 'kata_py.shim')"
+        " if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd="/")
+    assert json.loads(out.stdout) == []
