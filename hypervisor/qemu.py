@@ -293,14 +293,10 @@ class Qmp:
         self.execute("quit")
 
 
-def stop_vm(vm: ProcessRef, qmp_socket: Path) -> None:
-    """The stop ladder: QMP quit → SIGTERM → SIGKILL, each waited for."""
-    if not vm.alive():
-        return
-    try:
-        Qmp(qmp_socket, timeout_s=1.0).quit()
-    except HypervisorError as exc:
-        log.warning("QMP quit failed (%s); signalling QEMU pid %d", exc, vm.pid)
-    if vm.wait(QUIT_WAIT_S):
-        return
-    vm.stop()
+def stop_vm(vm: ProcessRef) -> None:
+    """The stop ladder: SIGTERM → SIGKILL, each waited for. QEMU takes SIGTERM
+    as a host-requested shutdown, exactly like QMP `quit` (its devices and
+    vhost-user connections are torn down the same way); the signal spares a
+    verb the asyncio and qemu.qmp imports and a QMP handshake (≈ 35 ms)."""
+    if vm.alive():
+        vm.stop()

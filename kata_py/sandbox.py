@@ -3,7 +3,7 @@ start and teardown order.
 
 Start:  state dir → network (taps, kata_py/network.py) → virtiofsd → vsock
         transport → QEMU → agent answers health → agent ConfigureNetwork.
-Stop:   agent (DestroySandbox) → VM (QMP quit → TERM → KILL) → virtiofsd and
+Stop:   agent (DestroySandbox) → VM (TERM → KILL) → virtiofsd and
         vsock backend → network (taps, ingress qdiscs) → host bind mounts in
         the share → state dir (never removed while anything below it is
         still mounted).
@@ -359,7 +359,7 @@ class Sandbox:
             self.agent = None
         if self.vm is not None:
             try:
-                qemu.stop_vm(self.vm, self.qmp_socket)
+                qemu.stop_vm(self.vm)
             except HypervisorError as exc:
                 log.error("sandbox %s: stopping QEMU: %s", self.id, exc)
         for daemon in self.daemons:
