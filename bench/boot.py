@@ -70,14 +70,15 @@ def guest_ram_kib(qemu_pid: int) -> int:
     """KiB allocated in QEMU's guest-RAM memfd. Restored VMs get theirs filled by
     the runtime (the template's pages), so QEMU's RSS misses what it has not
     touched; this counts it all, booted or restored."""
-    total = 0
+    seen: dict[int, int] = {}     # by inode: a restored QEMU holds its memfd twice
     for fd in Path(f"/proc/{qemu_pid}/fd").iterdir():
         try:
             if os.readlink(fd).startswith("/memfd:"):
-                total += os.stat(fd).st_blocks * 512 // 1024
+                st = os.stat(fd)
+                seen[st.st_ino] = st.st_blocks * 512 // 1024
         except OSError:
             pass
-    return total
+    return sum(seen.values())
 
 
 def main() -> None:
