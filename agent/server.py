@@ -8,6 +8,7 @@ listens on vsock port 1024 in the guest; tests run it on a unix socket.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -252,6 +253,9 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
     def do_destroy_sandbox(self) -> pb.Empty:
         log.info("sandbox destroy requested")
+        # Before the reply: the host ends QEMU as soon as it has it, so the
+        # sync at power-off may never run (mmap'd writes to the share).
+        os.sync()
         self.on_destroy()
         return pb.Empty()
 

@@ -283,7 +283,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DestroySandbox(self, request, context):
-        """Stops everything in the guest and powers the VM off after replying.
+        """Flushes the guest's dirty pages (to the share), replies, then stops
+        everything in the guest and powers the VM off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

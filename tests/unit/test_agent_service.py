@@ -74,10 +74,15 @@ def test_missing_shared_file_is_not_found(
         client.read_shared_file("nope.txt")
 
 
-def test_destroy_sandbox_replies_then_stops_the_server(
-        agent: tuple[AgentServer, AgentClient, Path]) -> None:
+def test_destroy_sandbox_syncs_replies_then_stops_the_server(
+        agent: tuple[AgentServer, AgentClient, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync comes before the reply: the host ends QEMU once it has the reply."""
     server, client, _ = agent
+    calls: list[str] = []
+    monkeypatch.setattr(os, "sync", lambda: calls.append(
+        "sync, stopping" if server.stopping.is_set() else "sync"))
     client.destroy_sandbox()
+    assert calls == ["sync"]
     assert server.stopping.wait(5)
 
 
