@@ -130,8 +130,14 @@ def ensure(template_dir: Path, vm: qemu.VmConfig, boot_timeout_s: float) -> Temp
     if tpl.complete():
         _touch(tpl)
         return tpl
-    template_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(template_dir / ".lock", "w") as lock:
+    try:
+        template_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = open(template_dir / ".lock", "w")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise HypervisorError(f"cannot keep VM templates in {template_dir}: {exc}",
+                              "point [factory] template_dir at a writable directory, or set "
+                              "[factory] template = false") from exc
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # another create may be building it
         if tpl.complete():
             _touch(tpl)

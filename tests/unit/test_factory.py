@@ -164,3 +164,9 @@ def test_mount_share_waits_for_the_device_and_gives_up(tmp_path: Path) -> None:
     with pytest.raises(DeadlineExceeded, match="no virtio-fs device appeared"):
         restore.mount_share(tmp_path / "shared", driver=driver, wait_s=0.2)
     assert 0.2 <= time.monotonic() - start < 2
+
+
+def test_a_template_dir_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(factory.HypervisorError, match="cannot keep VM templates in .*file/t"):
+        factory.ensure(tmp_path / "file" / "t", _vm(tmp_path), boot_timeout_s=1)
