@@ -43,7 +43,8 @@ def _config(root: Path, config_path: str | None):  # type: ignore[no-untyped-def
 
 def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
            config_path: str | None, debug: bool = False,
-           console_socket: Path | None = None, no_pivot: bool = False) -> int:
+           console_socket: Path | None = None, no_pivot: bool = False,
+           stop_sandbox_on_exit: bool = False) -> int:
     """Create the container; returns the shim's pid once the container waits for start."""
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
@@ -72,6 +73,8 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
         extra.append("--no-pivot")  # the launcher moves the root instead of pivot_root
     if console_socket is not None:
         extra += ["--console-socket", str(console_socket.resolve())]
+    if stop_sandbox_on_exit:
+        extra.append("--stop-sandbox-on-exit")
     shim, line, details = _spawn_shim(root, cid, config_path, *extra, fork=True)
     if not line.startswith("ok"):
         if shim.poll() is None:
@@ -459,8 +462,6 @@ def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:
 
 def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = False) -> None:
     """Remove everything of container cid that exists: sandbox, shim, state."""
-    from kata_py.sandbox import Sandbox
-
     st = store(root)
     cfg = _config(root, config_path)
     try:
@@ -475,12 +476,14 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
             log.error("%s (pid %d) survived SIGKILL", shim.name, shim.pid)
     sandbox_dir = Path(cfg.state_dir) / "vm" / cid
     if sandbox_dir.exists():
+        from kata_py.sandbox import Sandbox
+
         try:
             sb = Sandbox.load(cid, cfg)
         except KataError:
             sb = Sandbox(cid, cfg)
         sb.stop()
-    if run_poststop and state is not None:
+    if run_poststop and state is not None and _has_hooks(Path(state.bundle), "poststop"):
         try:
             from kata_py.hooks import run_hooks
             from kata_py.spec import load_spec
@@ -515,8 +518,11 @@ def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,
         keep: bool, config_path: str | None, debug: bool = False,
         console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """create + start (+ wait + delete); returns the container's exit status."""
+    # A run that deletes the container when it exits lets the shim stop the
+    # sandbox over its own agent connection (no gRPC here); destroy() below
+    # then finds only the state to remove.
     shim_pid = create(root, cid, bundle, pid_file, config_path, debug, console_socket,
-                      no_pivot)
+                      no_pivot, stop_sandbox_on_exit=not detach and not keep)
     try:
         start(root, cid, config_path)
     except BaseException:

@@ -181,10 +181,12 @@ def open_terminal(console_socket: Path, size: tuple[int, int] | None = None) -> 
 
 class Shim:
     def __init__(self, root: Path, cid: str, config_path: str | None,
-                 console_socket: Path | None = None, no_pivot: bool = False) -> None:
+                 console_socket: Path | None = None, no_pivot: bool = False,
+                 stop_sandbox_on_exit: bool = False) -> None:
         self.cid = cid
         self.console_socket = console_socket
         self.no_pivot = no_pivot
+        self.stop_sandbox_on_exit = stop_sandbox_on_exit
         self.tty: int | None = None
         self.cfg = load_config(config_path)
         self.cfg = dataclasses.replace(self.cfg, state_dir=str(root))
@@ -257,6 +259,11 @@ class Shim:
         with self.store.lock(self.cid):
             state = self.store.load(self.cid)
             self.store.save(dataclasses.replace(state, status="stopped", exit_code=code))
+        if self.stop_sandbox_on_exit:
+            try:
+                self.sandbox.stop()
+            except Exception:  # noqa: BLE001 - run's destroy() tries again
+                log.exception("stopping the sandbox of %s", self.cid)
         return code
 
 
@@ -268,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--console-socket", default=None, type=Path)
     parser.add_argument("--no-pivot", action="store_true", help="runc's create --no-pivot")
+    parser.add_argument("--stop-sandbox-on-exit", action="store_true",
+                        help="run without --keep/--detach: stop the VM when the container exits")
     parser.add_argument("--exec-id", default="",
                         help="relay an already started exec'd process (exec -d)")
     parser.add_argument("--debug", action="store_true")
@@ -285,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         echo.setFormatter(logging.Formatter("kata-py shim: %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(echo)
     try:
-        shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot)
+        shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot,
+                    args.stop_sandbox_on_exit)
         shim.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)
