@@ -19,6 +19,7 @@ import os
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,9 @@ def choose(mode: ProbeMode, qemu_binary: str, kernel: Path,
         log.warning("KVM unusable (%s): using TCG software emulation, expect slower VMs", reason)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        # one per writer: two first creates at once each probe and write it
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"key": key, "accelerator": choice.accelerator,
                                    "reason": reason, "probe_seconds": seconds}))
-        tmp.rename(cache)
+        os.replace(tmp, cache)
     return choice

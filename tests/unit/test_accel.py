@@ -52,3 +52,21 @@ def test_auto_falls_back_to_tcg_when_qemu_cannot_run_kvm(tmp_path: Path) -> None
     choice = accel.choose("auto", "/bin/false", kernel, tmp_path)
     assert choice.accelerator == "tcg" and choice.tested
     assert json.loads((tmp_path / accel.CACHE_NAME).read_text())["accelerator"] == "tcg"
+
+
+def test_first_probes_at_once_each_write_the_cache_without_tripping(tmp_path: Path) -> None:
+    """Two first creates in a fresh --root probe together; each writes its own
+    temporary file (a shared one failed the second rename: FileNotFoundError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"x")
+    script = tmp_path / "slow-false"
+    script.write_text("#!/bin/sh\nsleep 0.2\nexit 1\n")
+    script.chmod(0o755)
+    with ThreadPoolExecutor(4) as pool:
+        choices = list(pool.map(lambda _: accel.choose("auto", str(script), kernel, tmp_path),
+                                range(4)))
+    assert {c.accelerator for c in choices} == {"tcg"}
+    assert json.loads((tmp_path / accel.CACHE_NAME).read_text())["accelerator"] == "tcg"
+    assert not list(tmp_path.glob("*.tmp"))
