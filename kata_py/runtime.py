@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CREATE_TIMEOUT_S = 300.0
 DETAILS_WAIT_S = 2.0        # for the log lines after a shim's error line
+SHIM_TEARDOWN_WAIT_S = 10.0   # a stopped container's shim stopping its VM
 SHIM_EXIT_WAIT_S = 10.0
 
 
@@ -43,8 +44,7 @@ def _config(root: Path, config_path: str | None):  # type: ignore[no-untyped-def
 
 def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
            config_path: str | None, debug: bool = False,
-           console_socket: Path | None = None, no_pivot: bool = False,
-           stop_sandbox_on_exit: bool = False) -> int:
+           console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """Create the container; returns the shim's pid once the container waits for start."""
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
@@ -73,8 +73,6 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
         extra.append("--no-pivot")  # the launcher moves the root instead of pivot_root
     if console_socket is not None:
         extra += ["--console-socket", str(console_socket.resolve())]
-    if stop_sandbox_on_exit:
-        extra.append("--stop-sandbox-on-exit")
     shim, line, details = _spawn_shim(root, cid, config_path, *extra, fork=True)
     if not line.startswith("ok"):
         if shim.poll() is None:
@@ -472,6 +470,11 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
     # VM vanish and report that as an unexpected death on the container's
     # stderr, and one still creating could go on starting what stop() ended.
     for shim in _shims(root, cid, state):
+        # A stopped container's shim may still be stopping its sandbox (shim.py
+        # serve()): let it finish rather than kill it half way.
+        if (state is not None and state.status == "stopped" and shim.name == "shim"
+                and shim.wait(SHIM_TEARDOWN_WAIT_S)):
+            continue
         if shim.signal(signal.SIGKILL) and not shim.wait(SHIM_EXIT_WAIT_S):
             log.error("%s (pid %d) survived SIGKILL", shim.name, shim.pid)
     sandbox_dir = Path(cfg.state_dir) / "vm" / cid
@@ -518,11 +521,8 @@ def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,
         keep: bool, config_path: str | None, debug: bool = False,
         console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """create + start (+ wait + delete); returns the container's exit status."""
-    # A run that deletes the container when it exits lets the shim stop the
-    # sandbox over its own agent connection (no gRPC here); destroy() below
-    # then finds only the state to remove.
     shim_pid = create(root, cid, bundle, pid_file, config_path, debug, console_socket,
-                      no_pivot, stop_sandbox_on_exit=not detach and not keep)
+                      no_pivot)
     try:
         start(root, cid, config_path)
     except BaseException:

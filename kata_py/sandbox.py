@@ -181,7 +181,7 @@ class Sandbox:
         except BaseException as exc:
             if isinstance(exc, KataError):
                 exc.message = self._with_console_reason(exc.message)
-            self._log_tails()
+            self.log_tails("failed to start")
             self.stop()
             raise
 
@@ -324,12 +324,12 @@ class Sandbox:
                               f"({len(str(longest))} > {UNIX_PATH_MAX} bytes)",
                               "use a shorter state_dir or sandbox id")
 
-    def _log_tails(self) -> None:
-        """Before a failed start removes the state dir, keep its logs in ours."""
+    def log_tails(self, what: str) -> None:
+        """Before stop() removes the state dir, keep its logs in ours."""
         for name in ("virtiofsd.log", "vsock-backend.log", "qemu.log", "console.log"):
             tail = log_tail(self.dir / name, 30)
             if tail:
-                log.info("sandbox %s failed to start; %s ends with:\n%s", self.id, name, tail)
+                log.info("sandbox %s %s; %s ends with:\n%s", self.id, what, name, tail)
 
     def gone_reason(self) -> str:
         """Why the agent stopped answering a running sandbox: its VM ended, or not."""

@@ -181,12 +181,10 @@ def open_terminal(console_socket: Path, size: tuple[int, int] | None = None) -> 
 
 class Shim:
     def __init__(self, root: Path, cid: str, config_path: str | None,
-                 console_socket: Path | None = None, no_pivot: bool = False,
-                 stop_sandbox_on_exit: bool = False) -> None:
+                 console_socket: Path | None = None, no_pivot: bool = False) -> None:
         self.cid = cid
         self.console_socket = console_socket
         self.no_pivot = no_pivot
-        self.stop_sandbox_on_exit = stop_sandbox_on_exit
         self.tty: int | None = None
         self.cfg = load_config(config_path)
         self.cfg = dataclasses.replace(self.cfg, state_dir=str(root))
@@ -246,6 +244,7 @@ class Shim:
             # it (run's caller, conmon's log): say what happened there.
             why = self.sandbox.gone_reason()
             log.error("container %s: %s", self.cid, why)
+            self.sandbox.log_tails("lost its agent")
             line = (f"kata-py: container {self.cid}: {why}; exit status {code}: check the "
                     "host's kernel log (dmesg) for what ended it\n")
             try:
@@ -259,11 +258,14 @@ class Shim:
         with self.store.lock(self.cid):
             state = self.store.load(self.cid)
             self.store.save(dataclasses.replace(state, status="stopped", exit_code=code))
-        if self.stop_sandbox_on_exit:
-            try:
-                self.sandbox.stop()
-            except Exception:  # noqa: BLE001 - run's destroy() tries again
-                log.exception("stopping the sandbox of %s", self.cid)
+        # A stopped container holds nothing (runc: its namespaces and cgroup
+        # are gone), so neither does its VM: stopped here, over this shim's
+        # agent connection, `delete` (or run's) only removes the state, and
+        # imports no gRPC (≈ 0.2 → 0.07 s). The exit status waits for it.
+        try:
+            self.sandbox.stop()
+        except Exception:  # noqa: BLE001 - delete tries again
+            log.exception("stopping the sandbox of %s", self.cid)
         return code
 
 
@@ -275,8 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--console-socket", default=None, type=Path)
     parser.add_argument("--no-pivot", action="store_true", help="runc's create --no-pivot")
-    parser.add_argument("--stop-sandbox-on-exit", action="store_true",
-                        help="run without --keep/--detach: stop the VM when the container exits")
     parser.add_argument("--exec-id", default="",
                         help="relay an already started exec'd process (exec -d)")
     parser.add_argument("--debug", action="store_true")
@@ -294,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         echo.setFormatter(logging.Formatter("kata-py shim: %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(echo)
     try:
-        shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot,
-                    args.stop_sandbox_on_exit)
+        shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot)
         shim.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)
