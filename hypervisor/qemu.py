@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from kata_py.errors import LOGS_HINT, HypervisorError
 from kata_py.hypervisor.process import ProcessRef, log_tail, wait_child
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Machine = Literal["microvm", "q35"]
 Accelerator = Literal["kvm", "tcg"]
@@ -246,35 +248,48 @@ def launch(cfg: VmConfig, log_path: Path) -> ProcessRef:
                               log_tail=log_tail(log_path)) from exc
 
 
+def qmp_session(socket_path: Path, script: Callable[[Any], Awaitable[T]], what: str,
+                hint: str = "the VM is not responding; it will be stopped",
+                timeout_s: float = QMP_TIMEOUT_S) -> T:
+    """Run `script(client)` on one QMP connection (qemu.qmp's QMPClient) and
+    return its result; a QMP, socket or timeout error becomes a HypervisorError
+    naming `what`. asyncio and qemu.qmp are imported only here: ~25 ms that a
+    CLI verb which never talks QMP does not pay."""
+    import asyncio
+
+    from qemu.qmp import QMPClient, QMPError
+
+    async def run() -> T:
+        client = QMPClient("kata-py")
+        try:
+            await asyncio.wait_for(client.connect(str(socket_path)), timeout_s)
+            return await script(client)
+        finally:
+            try:
+                await client.disconnect()
+            except Exception:  # noqa: BLE001 - quit closes the socket under us
+                pass
+
+    try:
+        return asyncio.run(run())
+    except (QMPError, TimeoutError, OSError, EOFError) as exc:
+        raise HypervisorError(f"QMP {what} on {socket_path} failed: {exc!r}", hint) from exc
+
+
 class Qmp:
-    """QMP verbs for one VM, each with a named timeout (qemu.qmp underneath)."""
+    """QMP verbs for one VM, one connection each, with a named timeout."""
 
     def __init__(self, socket_path: Path, timeout_s: float = QMP_TIMEOUT_S) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        import asyncio  # lazily, as qemu.qmp: ~25 ms of every CLI verb's start-up
+        async def one(client: Any) -> Any:
+            import asyncio
 
-        return asyncio.run(self._execute(command, arguments))
-
-    async def _execute(self, command: str, arguments: dict[str, Any] | None) -> Any:
-        import asyncio
-
-        from qemu.qmp import QMPClient
-
-        client = QMPClient("kata-py")
-        try:
-            await asyncio.wait_for(client.connect(str(self.socket_path)), self.timeout_s)
             return await asyncio.wait_for(client.execute(command, arguments), self.timeout_s)
-        except (TimeoutError, OSError, EOFError) as exc:
-            raise HypervisorError(f"QMP {command} on {self.socket_path} failed: {exc!r}",
-                                  "the VM is not responding; it will be stopped") from exc
-        finally:
-            try:
-                await client.disconnect()
-            except (OSError, EOFError, Exception):  # noqa: BLE001 - quit closes the socket
-                pass
+
+        return qmp_session(self.socket_path, one, command, timeout_s=self.timeout_s)
 
     def status(self) -> str:
         """The VM's run state ('running', 'paused', …)."""

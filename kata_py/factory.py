@@ -193,7 +193,7 @@ def build(tpl: Template, vm: qemu.VmConfig, boot_timeout_s: float) -> None:
     try:
         proc = qemu.launch(shape, work / "qemu.log")
         booted_s = _await_ready(shape.console_log, proc, boot_timeout_s)
-        _save(shape.qmp_socket, work / "state", proc)
+        _save(shape.qmp_socket, work / "state")
         if not proc.wait(qemu.QUIT_WAIT_S):
             proc.stop()
         (work / META).write_text(json.dumps({
@@ -244,29 +244,24 @@ def _await_ready(console: Path, proc: ProcessRef, timeout_s: float) -> float:
                           "raise [agent] boot_timeout_s on slow hosts")
 
 
-def _save(qmp_socket: Path, state: Path, proc: ProcessRef) -> None:
+def _save(qmp_socket: Path, state: Path) -> None:
     """Pause the VM, write its device state (not its RAM) to `state`, quit QEMU."""
-    async def run() -> None:
-        client = await _connect(qmp_socket)
-        try:
-            await client.execute("stop")
-            await client.execute("migrate-set-capabilities", IGNORE_SHARED)
-            await client.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
-            deadline = time.monotonic() + SAVE_TIMEOUT_S
-            while True:
-                info = await client.execute("query-migrate")
-                status = info.get("status")
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                    raise HypervisorError(f"saving the template VM {status or 'timed out'}: "
-                                          f"{info.get('error-desc', '')}".rstrip(": "),
-                                          BUILD_HINT)
-                await asyncio.sleep(POLL_S)
-            await client.execute("quit")
-        finally:
-            await _disconnect(client)
-    _run(run(), "save the template VM")
+    async def save(client: Any) -> None:
+        await client.execute("stop")
+        await client.execute("migrate-set-capabilities", IGNORE_SHARED)
+        await client.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
+        deadline = time.monotonic() + SAVE_TIMEOUT_S
+        while True:
+            info = await client.execute("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise HypervisorError(f"saving the template VM {status or 'timed out'}: "
+                                      f"{info.get('error-desc', '')}".rstrip(": "), BUILD_HINT)
+            await asyncio.sleep(POLL_S)
+        await client.execute("quit")
+    qemu.qmp_session(qmp_socket, save, "save of the template VM", BUILD_HINT)
 
 
 # -- clones -------------------------------------------------------------------
@@ -324,26 +319,22 @@ def restore_config(vm: qemu.VmConfig, tpl: Template, memory_fd: int,
 def plug(qmp_socket: Path, state_fd: int, devices: Plug, proc: ProcessRef) -> None:
     """Load the saved state (QEMU's inherited state_fd), hot-plug the devices,
     resume the VM."""
-    async def run() -> None:
-        client = await _connect(qmp_socket)
-        try:
-            await client.execute("migrate-set-capabilities", IGNORE_SHARED)
-            await client.execute("migrate-incoming", {"uri": f"fd:{state_fd}"})
-            deadline = time.monotonic() + RESTORE_TIMEOUT_S
-            while (await client.execute("query-status"))["status"] == "inmigrate":
-                if time.monotonic() > deadline:
-                    raise HypervisorError(f"restoring the VM from its template took over "
-                                          f"{RESTORE_TIMEOUT_S:.0f}s", LOGS_HINT)
-                await asyncio.sleep(POLL_S)
-            for cmd, args in _plug_commands(devices):
-                if cmd == "getfd":
-                    client.send_fd_scm(args.pop("fd"))
-                await client.execute(cmd, args)
-            await client.execute("cont")
-        finally:
-            await _disconnect(client)
+    async def restore(client: Any) -> None:
+        await client.execute("migrate-set-capabilities", IGNORE_SHARED)
+        await client.execute("migrate-incoming", {"uri": f"fd:{state_fd}"})
+        deadline = time.monotonic() + RESTORE_TIMEOUT_S
+        while (await client.execute("query-status"))["status"] == "inmigrate":
+            if time.monotonic() > deadline:
+                raise HypervisorError(f"restoring the VM from its template took over "
+                                      f"{RESTORE_TIMEOUT_S:.0f}s", LOGS_HINT)
+            await asyncio.sleep(POLL_S)
+        for cmd, args in _plug_commands(devices):
+            if cmd == "getfd":
+                client.send_fd_scm(args.pop("fd"))
+            await client.execute(cmd, args)
+        await client.execute("cont")
     try:
-        _run(run(), "restore the VM")
+        qemu.qmp_session(qmp_socket, restore, "restore from the VM template", LOGS_HINT)
     except HypervisorError:
         if not proc.alive():
             raise HypervisorError("QEMU exited while restoring the VM from its template",
@@ -379,27 +370,3 @@ def _plug_commands(devices: Plug) -> list[tuple[str, dict[str, Any]]]:
 def _unix_chardev(chardev_id: str, path: Path | None) -> dict[str, Any]:
     return {"id": chardev_id, "backend": {"type": "socket", "data": {
         "addr": {"type": "unix", "data": {"path": str(path)}}, "server": False}}}
-
-
-async def _connect(qmp_socket: Path) -> Any:
-    from qemu.qmp import QMPClient
-    client = QMPClient("kata-py")
-    await asyncio.wait_for(client.connect(str(qmp_socket)), qemu.QMP_TIMEOUT_S)
-    return client
-
-
-async def _disconnect(client: Any) -> None:
-    try:
-        await client.disconnect()
-    except Exception:  # noqa: BLE001 - quit closes the socket under us
-        pass
-
-
-def _run(coro: Any, what: str) -> None:
-    from qemu.qmp import QMPError
-    try:
-        asyncio.run(coro)
-    except HypervisorError:
-        raise
-    except (QMPError, OSError, EOFError, TimeoutError) as exc:
-        raise HypervisorError(f"QMP could not {what}: {exc}", LOGS_HINT) from exc

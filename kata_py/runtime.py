@@ -166,7 +166,9 @@ def _has_hooks(bundle: Path, name: str) -> bool:
         hooks = json.loads((bundle / "config.json").read_bytes()).get("hooks") or {}
     except (OSError, ValueError, AttributeError):
         return True     # let the full parse report it
-    return bool(isinstance(hooks, dict) and hooks.get(name)) or not isinstance(hooks, dict)
+    if not isinstance(hooks, dict):
+        return True     # the full parse reports it
+    return bool(hooks.get(name))
 
 
 def kill(root: Path, cid: str, signum: int, all_processes: bool,

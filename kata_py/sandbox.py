@@ -2,7 +2,10 @@
 start and teardown order.
 
 Start:  state dir → network (taps, kata_py/network.py) → virtiofsd → vsock
-        transport → QEMU → agent answers health → agent ConfigureNetwork.
+        transport (meanwhile: the VM template's RAM copied, kata_py/factory.py)
+        → QEMU, restored from the template with its devices hot-plugged, or
+        booted → agent answers health → RestoreSandbox (restored only) →
+        agent ConfigureNetwork.
 Stop:   agent (DestroySandbox) → VM (TERM → KILL) → virtiofsd and
         vsock backend → network (taps, ingress qdiscs) → host bind mounts in
         the share → state dir (never removed while anything below it is

@@ -17,6 +17,12 @@ HEAVY = ("asyncio", "grpc.aio", "qemu.qmp", "pyroute2", "kata_py.spec",
          "kata_py.agent.launch_config", "kata_py.translate")
 
 
+def _run_probe(probe: str) -> str:
+    """Run `probe` in a fresh interpreter (outside the checkout) and return its stdout."""
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, cwd="/").stdout
+
+
 def test_a_verb_on_a_running_sandbox_imports_none_of_the_heavy_modules() -> None:
     probe = (
         "import json, sys\n"
@@ -26,9 +32,7 @@ def test_a_verb_on_a_running_sandbox_imports_none_of_the_heavy_modules() -> None
         "print(json.dumps([m for m in heavy if m in sys.modules"
         " and not deferred.is_deferred(m)]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, cwd="/")
-    assert json.loads(out.stdout) == []
+    assert json.loads(_run_probe(probe)) == []
 
 
 def test_the_deferred_modules_still_work_when_used() -> None:
@@ -43,9 +47,7 @@ def test_the_deferred_modules_still_work_when_used() -> None:
         "import grpc.aio\n"
         "print(QMPClient.__name__, grpc.aio.insecure_channel.__name__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, cwd="/")
-    assert out.stdout.split() == ["42", "QMPClient", "insecure_channel"]
+    assert _run_probe(probe).split() == ["42", "QMPClient", "insecure_channel"]
 
 
 def test_start_asks_the_shim_without_importing_grpc() -> None:
@@ -57,6 +59,4 @@ def test_start_asks_the_shim_without_importing_grpc() -> None:
         "print(json.dumps([m for m in ('grpc', 'kata_py.sandbox', 'kata_py.shim')"
         " if m in sys.modules]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, cwd="/")
-    assert json.loads(out.stdout) == []
+    assert json.loads(_run_probe(probe)) == []
