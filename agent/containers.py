@@ -259,7 +259,7 @@ class ContainerManager:
                 os.close(fd)
         launcher = self.reaper.watch(pid)
         with os.fdopen(pipes["config"][1], "wb") as f:
-            f.write(launch_config.to_json(config).encode())
+            f.write(launch_config.to_launcher(config))
         sync = pipes["sync"][0]
         tty = None
         try:

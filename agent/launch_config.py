@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import types
 import typing
 from dataclasses import dataclass, field
@@ -222,6 +223,29 @@ def from_json(text: str | bytes) -> LaunchConfig:
     except ValueError as exc:
         raise LaunchConfigError(f"launch description is not JSON: {exc}") from exc
     return _decode(LaunchConfig, raw, "")
+
+
+def to_launcher(config: LaunchConfig) -> bytes:
+    """What the agent writes to the launcher's config fd: the description it
+    has already decoded and checked, pickled. Agent and launcher are the same
+    guest image, and under TCG to_json plus the launcher's from_json cost
+    ≈ 0.1 s of every create and exec (pickle: a tenth of that)."""
+    return pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def from_launcher(data: bytes) -> LaunchConfig:
+    """The launcher's side: the agent's pickle, or JSON (a launcher started by
+    hand, or tests)."""
+    if data[:1] != b"\x80":                 # every pickle protocol >= 2 starts so
+        return from_json(data)
+    try:
+        config = pickle.loads(data)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad description
+        raise LaunchConfigError(f"launch description: bad pickle ({exc})") from exc
+    if not isinstance(config, LaunchConfig):
+        raise LaunchConfigError(f"launch description: a pickled {type(config).__name__}, "
+                                "not a LaunchConfig")
+    return config
 
 
 T = TypeVar("T")

@@ -54,7 +54,13 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from kata_py.agent import cgroups, linux, mounts
-from kata_py.agent.launch_config import Hook, LaunchConfig, LaunchConfigError, Process, from_json
+from kata_py.agent.launch_config import (
+    Hook,
+    LaunchConfig,
+    LaunchConfigError,
+    Process,
+    from_launcher,
+)
 
 EXIT_SETUP_FAILED = 1
 EXIT_EXEC_FAILED = 127
@@ -99,11 +105,10 @@ class Reporter:
 # --- 1. the description -------------------------------------------------------
 
 def read_config(fd: int) -> LaunchConfig:
-    """Read the JSON description from `fd` until EOF, then close it."""
-    chunks = []
+    """Read the description (the agent's pickle, or JSON) from `fd` until EOF,
+    then close it."""
     with os.fdopen(fd, "rb") as f:
-        chunks.append(f.read())
-    config = from_json(b"".join(chunks))
+        config = from_launcher(f.read())
     check_fds(config)
     return config
 

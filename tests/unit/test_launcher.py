@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import json
 import os
+import pickle
 import select
 import shutil
 import signal
@@ -218,6 +219,20 @@ def test_launch_description_round_trips_through_json(tmp_path: Path) -> None:
                          rlimits=(Rlimit("RLIMIT_NOFILE", 1, 2),), sysctl={"a.b": "1"},
                          cgroup=Cgroup("x/y", Resources(memory_limit=1 << 20)))
     assert launch_config.from_json(launch_config.to_json(config)) == config
+
+
+def test_the_agent_hands_the_launcher_its_checked_description_pickled(tmp_path: Path) -> None:
+    config = make_config(tmp_path, ("true",), sysctl={"a.b": "1"},
+                         cgroup=Cgroup("x/y", Resources(memory_limit=1 << 20)))
+    wire = launch_config.to_launcher(config)
+    assert wire[:1] == b"\x80"
+    assert launch_config.from_launcher(wire) == config
+    # JSON (a launcher started by hand) is still read, as strictly as ever
+    assert launch_config.from_launcher(launch_config.to_json(config).encode()) == config
+    with pytest.raises(LaunchConfigError, match="a pickled list, not a LaunchConfig"):
+        launch_config.from_launcher(pickle.dumps([1], protocol=2))
+    with pytest.raises(LaunchConfigError, match="bad pickle"):
+        launch_config.from_launcher(wire[:20])
 
 
 def test_launch_description_rejects_unknown_fields_with_their_path(tmp_path: Path) -> None:
