@@ -58,6 +58,15 @@ def _level_from_cmdline(default: str) -> str:
     return default
 
 
+def _prepare_cgroups() -> None:
+    """The containers' parent cgroup, ready before any create (cgroups.py)."""
+    from kata_py.agent import cgroups
+    try:
+        cgroups.prepare_parent(shared.CGROUP_ROOT, shared.CGROUP_PARENT)
+    except OSError as exc:      # each create still enables what it needs
+        log.warning("cannot prepare %s/%s: %s", shared.CGROUP_ROOT, shared.CGROUP_PARENT, exc)
+
+
 USAGE = ("usage: python3 -m kata_py.agent [--listen vsock:PORT|unix:PATH] "
          "[--shared-dir DIR] [--log-level LEVEL]")
 
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         from kata_py.agent.containers import CONFIG_FD, LAUNCHER_ENV
         from kata_py.agent.zygote import Zygote
         zygote = Zygote.fork(LAUNCHER_ENV, CONFIG_FD)
+    if pid1:
+        _prepare_cgroups()
     from kata_py.agent import deferred
     deferred.defer()       # modules grpc and protobuf import but never use here (deferred.py)
     from kata_py.agent.server import AgentServer  # gRPC: ~1 s of guest boot under TCG

@@ -105,16 +105,31 @@ def _enable_controllers(root: Path, target: Path, wanted: set[str]) -> None:
     delegates)."""
     current = root
     for part in target.relative_to(root).parts:
-        available = set((current / "cgroup.controllers").read_text().split())
-        enabled = set((current / "cgroup.subtree_control").read_text().split())
-        missing = (wanted & available) - enabled
-        if missing:
-            _write(current / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+        _delegate(current, wanted)
         current = current / part
         current.mkdir(exist_ok=True)
 
 
+def _delegate(cgroup: Path, wanted: set[str]) -> None:
+    """Enable in cgroup's subtree_control those of `wanted` it has and lacks."""
+    available = set((cgroup / "cgroup.controllers").read_text().split())
+    enabled = set((cgroup / "cgroup.subtree_control").read_text().split())
+    missing = (wanted & available) - enabled
+    if missing:
+        _write(cgroup / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+
+
 DEFAULT_CONTROLLERS = frozenset({"memory", "cpu", "pids"})
+
+
+def prepare_parent(root: Path, parent: str) -> None:
+    """The containers' parent cgroup, with the default controllers delegated to
+    it and enabled for its children: the agent does this once at start, so
+    that it is part of a VM template and a create only adds its own
+    directory (the subtree_control writes were ≈ 0.05 s of it under TCG)."""
+    path = root / parent
+    _enable_controllers(root, path, set(DEFAULT_CONTROLLERS))
+    _delegate(path, set(DEFAULT_CONTROLLERS))
 
 
 def create(cg: Cgroup) -> Path:

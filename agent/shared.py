@@ -16,6 +16,8 @@ VSOCK_PORT = 1024                         # the agent's port (Kata's agent uses 
 VSOCK_LISTEN = f"vsock:{VSOCK_PORT}"
 READY_LINE = "kata-py-agent: ready"        # the console line the agent writes once it serves
 READ_CAP_BYTES = 4 * 1024 * 1024
+CGROUP_ROOT = Path("/sys/fs/cgroup")      # the guest's cgroup2
+CGROUP_PARENT = "kata-py"                 # containers' cgroups: CGROUP_PARENT/<id> below it
 
 
 def resolve(root: Path, relative: str) -> Path:

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from kata_py.agent import launch_config as lc
-from kata_py.agent.shared import SHARED_DIR
+from kata_py.agent.shared import CGROUP_PARENT, SHARED_DIR
 from kata_py.errors import ConfigError
 from kata_py.spec import Process, Spec
 from kata_py.spec_linux import Resources, Seccomp
 
 GUEST_SHARE = str(SHARED_DIR)            # where the guest mounts the virtio-fs share
-GUEST_CGROUP_PARENT = "kata-py"           # below the guest's /sys/fs/cgroup
+GUEST_CGROUP_PARENT = CGROUP_PARENT     # below the guest's /sys/fs/cgroup (the agent prepares it)
 KERNEL_FS_TYPES = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup",
                              "cgroup2", "devtmpfs", "securityfs", "debugfs"})
 

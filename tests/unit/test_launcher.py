@@ -655,6 +655,27 @@ def test_unavailable_cgroup_controller_is_reported(rootfs: Path, cgroup2: Path) 
                                      "cgroup file (controller 'pids' not available)"}]
 
 
+def test_the_agent_prepares_the_containers_parent_cgroup(tmp_path: Path) -> None:
+    """Delegated once at agent start (part of a VM template): root and parent
+    enable the default controllers the root has, and nothing else."""
+    parent = tmp_path / "kata-py"
+    parent.mkdir()
+    for cg, controllers, enabled in ((tmp_path, "cpuset cpu io memory pids", "io"),
+                                     (parent, "cpu io memory pids", "")):
+        (cg / "cgroup.controllers").write_text(controllers + "\n")
+        (cg / "cgroup.subtree_control").write_text(enabled + "\n")
+    cgroups.prepare_parent(tmp_path, "kata-py")
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert (parent / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    # a create below it then writes no subtree_control (cgroup files are
+    # written in place; here a rewrite would show as a changed file)
+    (tmp_path / "cgroup.subtree_control").write_text("cpu io memory pids\n")
+    (parent / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    path = cgroups.create(Cgroup("kata-py/c1", root=str(tmp_path)))
+    assert path == parent / "c1" and path.is_dir()
+    assert (parent / "cgroup.subtree_control").read_text() == "cpu memory pids\n"
+
+
 def test_cgroup_limits_are_written(cgroup2: Path) -> None:
     available = set((cgroup2 / "cgroup.controllers").read_text().split())
     if not {"memory", "pids", "cpu"} <= available:
