@@ -195,6 +195,11 @@ class CgroupStats:
     cpu_user_usec: int | None
     cpu_system_usec: int | None
     pids_current: int | None
+    memory_anon: int | None = None
+    memory_file: int | None = None
+    memory_max: int | None = None          # None also for "max"
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
 
 
 def _read_int(path: Path) -> int | None:
@@ -217,10 +222,29 @@ def _read_keyed(path: Path) -> dict[str, int]:
     return out
 
 
+def _read_io(path: Path) -> tuple[int | None, int | None]:
+    """io.stat's rbytes and wbytes, summed over devices (None without io)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None, None
+    read = written = 0
+    for line in lines:
+        for field_ in line.split()[1:]:
+            key, _, value = field_.partition("=")
+            if value.isdigit():
+                read += int(value) if key == "rbytes" else 0
+                written += int(value) if key == "wbytes" else 0
+    return read, written
+
+
 def stats(path: Path) -> CgroupStats:
-    """memory.current, memory.events oom_kill, cpu.stat, pids.current."""
+    """memory.current/stat/max, memory.events oom_kill, cpu.stat,
+    pids.current, io.stat."""
     cpu = _read_keyed(path / "cpu.stat")
     events = _read_keyed(path / "memory.events")
+    memory = _read_keyed(path / "memory.stat")
+    io_read, io_write = _read_io(path / "io.stat")
     return CgroupStats(
         memory_current=_read_int(path / "memory.current"),
         oom_kills=events.get("oom_kill"),
@@ -228,6 +252,11 @@ def stats(path: Path) -> CgroupStats:
         cpu_user_usec=cpu.get("user_usec"),
         cpu_system_usec=cpu.get("system_usec"),
         pids_current=_read_int(path / "pids.current"),
+        memory_anon=memory.get("anon"),
+        memory_file=memory.get("file"),
+        memory_max=_read_int(path / "memory.max"),
+        io_read_bytes=io_read,
+        io_write_bytes=io_write,
     )
 
 

@@ -188,7 +188,10 @@ class AgentService(pb_grpc.AgentServiceServicer):
             return pb.StatsContainerResponse(
                 memory_current_bytes=v(st.memory_current), oom_kills=v(st.oom_kills),
                 cpu_usage_usec=v(st.cpu_usage_usec), cpu_user_usec=v(st.cpu_user_usec),
-                cpu_system_usec=v(st.cpu_system_usec), pids_current=v(st.pids_current))
+                cpu_system_usec=v(st.cpu_system_usec), pids_current=v(st.pids_current),
+                memory_anon_bytes=v(st.memory_anon), memory_file_bytes=v(st.memory_file),
+                memory_max_bytes=v(st.memory_max), io_read_bytes=v(st.io_read_bytes),
+                io_write_bytes=v(st.io_write_bytes))
         return _handle(context, "StatsContainer", do)
 
     def PauseContainer(self, request: pb.ContainerRequest,

@@ -209,12 +209,14 @@ class AgentClient:
                    pb.UpdateContainerRequest(container_id=container_id,
                                              resources_json=resources_json))
 
-    def stats(self, container_id: str) -> dict[str, int | None]:
+    def stats(self, container_id: str, timeout_s: float = RPC_TIMEOUT_S
+              ) -> dict[str, int | None]:
         """cgroup usage in the guest; None where the controller is off."""
         r = self._call("StatsContainer", self.agent.StatsContainer,
-                       pb.ContainerRequest(container_id=container_id))
+                       pb.ContainerRequest(container_id=container_id), timeout_s)
         fields = ("memory_current_bytes", "oom_kills", "cpu_usage_usec", "cpu_user_usec",
-                  "cpu_system_usec", "pids_current")
+                  "cpu_system_usec", "pids_current", "memory_anon_bytes", "memory_file_bytes",
+                  "memory_max_bytes", "io_read_bytes", "io_write_bytes")
         return {f: (None if getattr(r, f) < 0 else int(getattr(r, f))) for f in fields}
 
     def pause_container(self, container_id: str) -> None:

@@ -407,9 +407,16 @@ def stats(root: Path, cid: str, config_path: str | None) -> dict[str, Any]:
     return {"cpu": {"usage": {"total": ns(raw["cpu_usage_usec"]),
                               "user": ns(raw["cpu_user_usec"]),
                               "kernel": ns(raw["cpu_system_usec"])}},
-            "memory": {"usage": {"usage": raw["memory_current_bytes"]},
-                       "oom_kill": raw["oom_kills"]},
-            "pids": {"current": raw["pids_current"]}}
+            "memory": {"usage": {"usage": raw["memory_current_bytes"],
+                                 "limit": raw["memory_max_bytes"]},
+                       "oom_kill": raw["oom_kills"],
+                       "raw": {"anon": raw["memory_anon_bytes"],
+                               "file": raw["memory_file_bytes"]}},
+            "pids": {"current": raw["pids_current"]},
+            "blkio": {"ioServiceBytesRecursive": [
+                {"major": 0, "minor": 0, "op": op, "value": raw[key]}
+                for op, key in (("Read", "io_read_bytes"), ("Write", "io_write_bytes"))
+                if raw[key] is not None]}}
 
 
 def pause(root: Path, cid: str, config_path: str | None) -> None:

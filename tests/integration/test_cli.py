@@ -450,7 +450,11 @@ def test_events_stats_and_update_reach_the_guest_cgroup(root: Path,
     event = json.loads(r.stdout)
     assert event["type"] == "stats" and event["id"] == "ev"
     assert event["data"]["memory"]["usage"]["usage"] > 0
+    assert event["data"]["memory"]["raw"]["anon"] > 0
+    assert event["data"]["memory"]["usage"]["limit"] is None       # no limit in the spec
     assert event["data"]["pids"]["current"] >= 1
+    assert {e["op"] for e in event["data"]["blkio"]["ioServiceBytesRecursive"]} \
+        <= {"Read", "Write"}
     assert kp(root, "update", "--pids-limit", "2", "ev").returncode == 0
     starved = kp(root, "exec", "ev", "sh", "-c", "sleep 1 & sleep 1 & wait; echo ok")
     assert starved.returncode != 0 and b"ok" not in starved.stdout
