@@ -61,6 +61,12 @@ def run_checks(cfg: RuntimeConfig, boot: bool = False) -> Report:
     else:
         why = "forced" if mode == "vhost-user" else f"no {VHOST_VSOCK_DEVICE}"
         report.add("vsock", True, f"vhost-user backend in Python ({why})")
+    if cfg.stats_view:
+        if os.path.exists("/dev/fuse"):
+            report.add("stats view", True, "/dev/fuse: engines read the guest's cgroup figures")
+        else:
+            report.note("stats view", "no /dev/fuse (modprobe fuse): engines' stats will show "
+                                      "the VM's host processes")
     image = None
     try:
         image = load_image(Path(cfg.hypervisor.image_dir))

@@ -59,6 +59,7 @@ class FactoryConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     state_dir: str = "/run/kata-py"
+    stats_view: bool = True             # the guest's figures at the host cgroup (statsview.py)
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     virtiofsd: VirtiofsdConfig = field(default_factory=VirtiofsdConfig)
     vsock: VsockConfig = field(default_factory=VsockConfig)

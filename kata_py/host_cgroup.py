@@ -57,8 +57,10 @@ def _slice_dirs(slice_: str) -> list[str]:
     return ["-".join(words[:i + 1]) + ".slice" for i in range(len(words))]
 
 
-def hierarchies(mountinfo: str | None = None) -> list[Path]:
-    """Mount points of the cgroup hierarchies whose root we see (v1 and v2)."""
+def mounted_hierarchies(mountinfo: str | None = None
+                        ) -> list[tuple[Path, str, frozenset[str]]]:
+    """The cgroup hierarchies whose root we see: mount point, fstype (cgroup
+    or cgroup2) and, for v1, its controllers (from the super options)."""
     if mountinfo is None:
         with open(MOUNTINFO) as f:
             mountinfo = f.read()
@@ -66,12 +68,19 @@ def hierarchies(mountinfo: str | None = None) -> list[Path]:
     for line in mountinfo.splitlines():
         fields = line.split()
         try:
-            fstype = fields[fields.index("-") + 1]
+            dash = fields.index("-")
+            fstype, options = fields[dash + 1], fields[dash + 3]
         except (ValueError, IndexError):
             continue
         if fstype in ("cgroup", "cgroup2") and fields[3] == "/":
-            found.append(Path(fields[4].replace("\\040", " ")))
+            found.append((Path(fields[4].replace("\\040", " ")), fstype,
+                          frozenset(options.split(","))))
     return found
+
+
+def hierarchies(mountinfo: str | None = None) -> list[Path]:
+    """Mount points of the cgroup hierarchies whose root we see (v1 and v2)."""
+    return [mount for mount, _, _ in mounted_hierarchies(mountinfo)]
 
 
 def _init_cpuset(directory: Path) -> None:
@@ -115,8 +124,16 @@ def remove(path: str) -> None:
     gone (parents belong to the engine). Never raises."""
     if not path:
         return
-    for mount in hierarchies():
+    with open(MOUNTINFO) as f:
+        mountinfo = f.read()
+    points = {line.split()[4] for line in mountinfo.splitlines()}
+    for mount in hierarchies(mountinfo):
         directory = mount / path.lstrip("/")
+        if str(directory) in points:
+            # the guest-stats view (statsview.py) of a shim that did not unmount it
+            from kata_py import host_mounts
+            while host_mounts.detach(directory):
+                pass
         _leave(directory)
         deadline = time.monotonic() + REMOVE_WAIT_S
         while directory.exists():

@@ -19,6 +19,9 @@ from pathlib import Path
 from kata_py.errors import ResourceError
 
 MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
@@ -50,6 +53,19 @@ def bind(source: Path, target: Path, readonly: bool = False) -> None:
         _check(_libc.mount(None, str(target).encode(), None,
                            MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC, None),
                f"read-only remount of {target}")
+
+
+def mount(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
+    """mount(2); OSError with the errno on failure."""
+    if _libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags,
+                   data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def detach(point: Path) -> bool:
+    """Lazily unmount point (umount2 MNT_DETACH); False if nothing was mounted there."""
+    return bool(_libc.umount2(str(point).encode(), MNT_DETACH) == 0)
 
 
 def mounts_below(directory: Path) -> list[Path]:

@@ -48,6 +48,7 @@ from kata_py.translate import to_launch_config
 
 if TYPE_CHECKING:
     from kata_py.agent_client import AgentClient
+    from kata_py.statsview import StatsView
 
 log = logging.getLogger("kata_py.shim")
 
@@ -57,6 +58,7 @@ WAIT_SLICE_S = 60.0
 DRAIN_WAIT_S = 10.0
 READ_MAX_BYTES = 1 << 20   # per ReadStdout/ReadStderr: fewer round trips through the VM
 AGENT_GONE_EXIT = 255
+STATS_TIMEOUT_S = 5.0       # a reader of the stats view waits at most this for the guest
 FAILED_LOG_LINES = 80       # of shim.log (with the sandbox's log tails) after a failed create
 
 
@@ -191,6 +193,7 @@ class Shim:
         self.store = StateStore(root / "containers")
         self.sandbox: Sandbox | None = None     # sized from the spec in setup()
         self.starter: StartListener | None = None
+        self.view: StatsView | None = None
 
     def setup(self) -> ContainerState:
         state = self.store.load(self.cid)
@@ -225,8 +228,21 @@ class Shim:
         self.starter = StartListener(self.store.root / self.cid / START_SOCKET,
                                      lambda: agent.start_container(self.cid))
         self.starter.open()
+        self._show_guest_stats(state.host_cgroup)
         self.store.save(state)
         return state
+
+    def _show_guest_stats(self, host_cgroup_path: str) -> None:
+        """Mount the guest-stats view over the host cgroup (statsview.py)."""
+        if not (self.cfg.stats_view and host_cgroup_path):
+            return
+        from kata_py import statsview
+        agent = self.sandbox.agent if self.sandbox is not None else None
+        assert agent is not None
+        self.view = statsview.StatsView(lambda: agent.stats(self.cid, STATS_TIMEOUT_S),
+                                        statsview.targets(host_cgroup_path))
+        shown = self.view.start()
+        log.info("guest stats shown at %s", ", ".join(map(str, shown)) or "no host cgroup")
 
     def _open_terminal(self, spec: Spec) -> int:
         if self.console_socket is None:
@@ -255,6 +271,8 @@ class Shim:
             log.info("container %s exited with %d", self.cid, code)
         if self.starter is not None:
             self.starter.close()
+        if self.view is not None:
+            self.view.close()       # before the VM goes: the host cgroup shows again
         with self.store.lock(self.cid):
             state = self.store.load(self.cid)
             self.store.save(dataclasses.replace(state, status="stopped", exit_code=code))

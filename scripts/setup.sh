@@ -70,6 +70,12 @@ if [ ! -e /usr/local/bin/kata-py ] || [ -L /usr/local/bin/kata-py ]; then
   ln -sfn /opt/kata-py/bin/kata-py /usr/local/bin/kata-py
 fi
 
+# /dev/fuse for the guest-stats view over each container's host cgroup
+# (kata_py/statsview.py); without it kata-py runs and the view is skipped.
+if [ ! -e /dev/fuse ]; then
+  modprobe fuse 2>/dev/null || echo "kata-py setup: no /dev/fuse: podman stats will show the VM's host processes" >&2
+fi
+
 step "guest image"
 .venv/bin/python guest-image/build.py
 

@@ -248,7 +248,8 @@ def test_pause_freezes_the_container_and_stop_kills_one_that_ignores_term(
 def test_two_containers_at_once_top_stats_and_sigkill(podman: Podman) -> None:
     sleeps = {"one": "sleep 1001", "two": "sleep 1002"}
     for name, command in sleeps.items():
-        podman.ok("run", "-d", "--name", name, *NONE, IMAGE, *command.split())
+        podman.ok("run", "-d", "--name", name, "--memory", "256m", *NONE, IMAGE,
+                  *command.split())
     for name, command in sleeps.items():
         other = sleeps["two" if name == "one" else "one"]
         cmdline = podman.ok("exec", name, "cat", "/proc/1/cmdline")
@@ -265,21 +266,33 @@ def test_two_containers_at_once_top_stats_and_sigkill(podman: Podman) -> None:
         assert re.search(rf"^ +1 root +{command}$", top, re.M), top
         assert other not in top, top
 
+    # `podman stats` reads the host cgroup of State.Pid (kata-py's shim), where
+    # kata-py shows the guest cgroup's figures (kata_py/statsview.py), not the
+    # VM's host processes: a sleep is 1 pid and a few MB in the guest, where
+    # QEMU alone is > 100 MB and the sandbox dozens of host threads.
+    guest = {name: podman.ok("exec", name, "cat", "/sys/fs/cgroup/memory.current")
+             for name in sleeps}
     stats = {s["name"]: s for s in json.loads(
         podman.ok("stats", "--no-stream", "--format", "json"))}
-    print("podman stats:", json.dumps(stats, indent=1))
+    print("podman stats:", json.dumps(stats, indent=1), "guest memory.current:", guest)
     assert set(stats) == {"one", "two"}, stats
     for name, figures in stats.items():
-        # The sandbox's host processes (shim, QEMU, virtiofsd, vsock backend) join
-        # the spec's cgroupsPath (kata_py/host_cgroup.py): the figures are the whole
-        # VM's, per container. Asserted: its own cgroup, pids >= 1, memory > 0.
-        # TODO: bound them once the accounting settles: memory about QEMU's RSS
-        # (~200-300 MB here), pids = the sandbox's host threads, and cpu_percent
-        # (now the VM boot's CPU over the seconds since start: thousands of %).
         cid, cgroup = _inspect(podman, name, "{{.Id}} {{.State.CgroupPath}}").split()
         assert cgroup.endswith(f"/libpod-{cid}"), (name, cgroup)   # not conmon's cgroup
-        assert int(figures["pids"]) >= 1, figures
-        assert _megabytes(figures["mem_usage"]) > 0, figures
+        # the sleep, and the exec'd cat until the guest has reaped it
+        assert 1 <= int(figures["pids"]) <= 3, figures
+        used = _megabytes(figures["mem_usage"])
+        assert 0 < used < 2 * int(guest[name]) / 1e6 + 8, (figures, guest[name])
+        assert figures["mem_usage"].endswith(" / 268.4MB"), figures   # --memory 256m
+    fill = "head -c 40000000 /dev/zero > /tmp/fill && cat /sys/fs/cgroup/memory.current"
+    filled = int(podman.ok("exec", "one", "sh", "-c", fill)) / 1e6
+    time.sleep(0.6)                                 # past the view's cache
+    used = _megabytes(json.loads(podman.ok("stats", "--no-stream", "--format", "json",
+                                           "one"))[0]["mem_usage"])
+    assert filled > 40 and 0.8 * filled < used < 1.2 * filled + 4, (filled, used)
+    views = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+             if " fuse.kata-py-stats " in line]
+    assert len(views) >= 2 * len(stats), views      # one per hierarchy, per container
 
     podman.ok("kill", "--signal", "KILL", "one")
     assert podman.ok("wait", "one", timeout=60) == "137\n"
@@ -290,6 +303,8 @@ def test_two_containers_at_once_top_stats_and_sigkill(podman: Podman) -> None:
     podman.ok("rm", *sleeps)
     assert podman.ok("ps", "--all", "--quiet") == ""
     assert podman.leftovers() == []
+    # the views are gone (two's shim was killed: delete detached its views)
+    assert " fuse.kata-py-stats " not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_a_debian_image_runs_its_own_userland(podman: Podman, debian_image: str,
