@@ -130,6 +130,7 @@ class Container:
     start: int | None
     cgroup: Path | None = None
     started: bool = False
+    flushed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -336,7 +337,18 @@ class ContainerManager:
 
     def wait(self, container_id: str, timeout_s: float | None,
              exec_id: str = "") -> int | None:
-        return self.get(container_id, exec_id).launcher.wait(timeout_s)
+        c = self.get(container_id, exec_id)
+        code = c.launcher.wait(timeout_s)
+        if code is not None and not exec_id:
+            with c.lock:
+                if not c.flushed:
+                    # Before the host hears of the exit: what the container
+                    # wrote through shared mmaps of the share reaches the host
+                    # now, so its shim may end the VM without DestroySandbox
+                    # (≈ 0.05 s less per run under TCG; kata_py/shim.py).
+                    os.sync()
+                    c.flushed = True
+        return code
 
     def signal(self, container_id: str, signum: int, all_processes: bool,
                exec_id: str = "") -> None:

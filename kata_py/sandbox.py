@@ -350,10 +350,13 @@ class Sandbox:
 
     # -- stop ----------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Tear down in order; every step runs even if an earlier one failed."""
+    def stop(self, guest_flushed: bool = False) -> None:
+        """Tear down in order; every step runs even if an earlier one failed.
+        `guest_flushed`: nothing in the guest is left to write to the share
+        (its only container has exited and the agent synced), so QEMU is
+        ended without asking the agent first."""
         if self.agent is not None:
-            if self.vm is not None and self.vm.alive():
+            if self.vm is not None and self.vm.alive() and not guest_flushed:
                 try:
                     self.agent.destroy_sandbox()
                 except KataError as exc:

@@ -171,3 +171,27 @@ def test_a_long_poll_returns_what_came_and_ends_at_its_deadline() -> None:
     ctx = _Context(remaining=0.25, active_for=99)
     assert server._long_poll(ctx, lambda t: slices.append(t)) is None  # type: ignore[arg-type, func-returns-value]
     assert slices == [0.25]        # the last slice is what is left of the deadline
+
+
+def test_the_container_inits_exit_is_reported_after_a_sync_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """WaitProcess syncs before it reports the init's exit (its pid namespace,
+    and so every writer of the container, is gone): the shim then ends the VM
+    without DestroySandbox. Exec'd processes and a still-running init do not sync."""
+    from kata_py.agent.containers import Container, ContainerManager, process_key
+    from kata_py.agent.reaper import Exit, Reaper
+
+    syncs: list[str] = []
+    manager = ContainerManager(Reaper())
+    for key in ("c1", process_key("c1", "e1")):
+        manager.containers[key] = Container(key, None, 7, Exit(7), None, None, None,  # type: ignore[arg-type]
+                                            -1, None, None)
+    monkeypatch.setattr(os, "sync", lambda: syncs.append(
+        f"sync, code {manager.containers['c1'].launcher.code}"))
+    assert manager.wait("c1", 0) is None and syncs == []            # still running
+    manager.containers[process_key("c1", "e1")].launcher._set(0)
+    assert manager.wait("c1", 0, "e1") == 0 and syncs == []         # an exec'd process
+    manager.containers["c1"].launcher._set(137)
+    assert manager.wait("c1", 0) == 137
+    assert manager.wait("c1", 0) == 137
+    assert syncs == ["sync, code 137"]
