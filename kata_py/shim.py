@@ -238,13 +238,15 @@ class Shim:
         """Mount the guest-stats view over the host cgroup (statsview.py)."""
         if not (self.cfg.stats_view and host_cgroup_path):
             return
+        started = time.monotonic()
         from kata_py import statsview
         agent = self.sandbox.agent if self.sandbox is not None else None
         assert agent is not None
         self.view = statsview.StatsView(lambda: agent.stats(self.cid, STATS_TIMEOUT_S),
                                         statsview.targets(host_cgroup_path))
         shown = self.view.start()
-        log.info("guest stats shown at %s", ", ".join(map(str, shown)) or "no host cgroup")
+        log.info("guest stats shown at %s (%.3fs)",
+                 ", ".join(map(str, shown)) or "no host cgroup", time.monotonic() - started)
 
     def _open_terminal(self, spec: Spec) -> int:
         if self.console_socket is None:
