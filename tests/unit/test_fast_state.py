@@ -3,6 +3,7 @@ answers (kata_py.state), and leaves everything else to the full CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from kata_py import fastcli, state
+from kata_py.errors import KataError
 from kata_py.hypervisor.process import read_start_time
+from kata_py.startsock import START_REPLY_TIMEOUT_S, START_SOCKET, StartListener
 from kata_py.state import ContainerState, StateStore, now_rfc3339
 
 
@@ -102,3 +105,69 @@ def test_the_fast_path_imports_neither_json_nor_re_nor_typing(tmp_path: Path) ->
     state_text, _, modules = out.rpartition("}\n")
     assert json.loads(state_text + "}")["status"] == "stopped"
     assert modules.strip() == "[]"
+
+
+# --- start --------------------------------------------------------------------
+
+def _created(tmp_path: Path, hooks: dict[str, object] | None = None,
+             annotations: dict[str, str] | None = None) -> StateStore:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir(exist_ok=True)
+    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.2.0",
+                                                    **({"hooks": hooks} if hooks else {})}))
+    store = StateStore(tmp_path / "containers")
+    store.create(ContainerState(id="c1", bundle=str(bundle), rootfs=f"{bundle}/rootfs",
+                                status="created", created=now_rfc3339(), pid=os.getpid(),
+                                pid_start_time=read_start_time(os.getpid()) or 0,
+                                annotations=annotations or {}, host_cgroup="/a/b"))
+    return store
+
+
+def _listen(store: StateStore, reply_error: str = "") -> tuple[StartListener, list[str]]:
+    calls: list[str] = []
+
+    def start() -> None:
+        calls.append("start")
+        if reply_error:
+            raise KataError(reply_error)
+    listener = StartListener(store.root / "c1" / START_SOCKET, start)
+    assert listener.open()
+    return listener, calls
+
+
+@pytest.mark.parametrize("annotations", [{}, {"k\u00e9y": "v\u2603 \"q\""}])
+def test_fast_start_asks_the_shim_and_writes_the_state_as_the_store_does(
+        tmp_path: Path, annotations: dict[str, str]) -> None:
+    store = _created(tmp_path, annotations=annotations)
+    listener, calls = _listen(store)
+    try:
+        assert fastcli.fast_start(["--root", str(tmp_path), "--log", "/dev/null", "start", "c1"])
+    finally:
+        listener.close()
+    assert calls == ["start"]
+    written = (store.root / "c1" / "state.json").read_bytes()
+    store.save(store.load("c1"))          # what runtime.start would have written
+    assert written == (store.root / "c1" / "state.json").read_bytes()
+    assert store.load("c1").status == "running"
+    assert (fastcli.START_SOCKET, fastcli.LOCK_FILE, fastcli.STATE_FILE,
+            fastcli.START_REPLY_TIMEOUT_S) == (START_SOCKET, state.LOCK_FILE,
+                                               state.STATE_FILE, START_REPLY_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("case", ["no shim", "poststart hooks", "running", "shim error",
+                                  "debug"])
+def test_fast_start_leaves_the_rest_to_the_full_cli(tmp_path: Path, case: str) -> None:
+    store = _created(tmp_path, hooks={"poststart": [{"path": "/bin/true"}]}
+                     if case == "poststart hooks" else None)
+    if case == "running":
+        store.save(dataclasses.replace(store.load("c1"), status="running"))
+    listener, calls = (None, []) if case == "no shim" else _listen(
+        store, "the agent said no" if case == "shim error" else "")
+    argv = ["--debug"] if case == "debug" else []
+    try:
+        assert not fastcli.fast_start([*argv, "--root", str(tmp_path), "start", "c1"])
+    finally:
+        if listener is not None:
+            listener.close()
+    assert calls == (["start"] if case == "shim error" else [])
+    assert store.load("c1").status == ("running" if case == "running" else "created")
