@@ -226,13 +226,26 @@ class Shim:
         oci = state.oci()
         run_hooks("prestart", spec.hooks.prestart, oci)
         run_hooks("createRuntime", spec.hooks.create_runtime, oci)
-        agent = self.sandbox.agent
-        self.starter = StartListener(self.store.root / self.cid / START_SOCKET,
-                                     lambda: agent.start_container(self.cid))
+        self.starter = StartListener(self.store.root / self.cid / START_SOCKET, self._start)
         self.starter.open()
         self._show_guest_stats(state.host_cgroup)
         self.store.save(state)
         return state
+
+    def _start(self) -> None:
+        """Start the container; a terminal the engine has sized by now (podman
+        attaches and resizes before it starts) gets that size first, as
+        runc's pty would: the process must not start on a 0x0 terminal that
+        is resized a moment later."""
+        assert self.sandbox is not None and self.sandbox.agent is not None
+        if self.tty is not None:
+            try:
+                rows, cols = get_winsize(self.tty)
+            except OSError:
+                rows = cols = 0
+            if rows and cols:
+                self.sandbox.agent.resize_tty(self.cid, rows, cols)
+        self.sandbox.agent.start_container(self.cid)
 
     def _show_guest_stats(self, host_cgroup_path: str) -> None:
         """Mount the guest-stats view over the host cgroup (statsview.py)."""

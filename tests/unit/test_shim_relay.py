@@ -100,3 +100,33 @@ def test_an_unsized_host_terminal_leaves_the_guest_pty_alone(handlers: None) -> 
         assert agent.applied == []
     finally:
         pty.close()
+
+
+class StartAgent:
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+
+    def resize_tty(self, cid: str, rows: int, cols: int, exec_id: str = "") -> None:
+        self.calls.append(("resize", rows, cols))
+
+    def start_container(self, cid: str) -> None:
+        self.calls.append("start")
+
+
+@pytest.mark.parametrize("size", [(30, 100), (0, 0)])
+def test_start_gives_the_guest_pty_a_size_the_engine_set_before(size: tuple[int, int]) -> None:
+    """podman resizes conmon's end before or just after it starts; a size that
+    is there goes to the guest before the process runs (as with runc's pty)."""
+    pty = open_pty()
+    try:
+        if size != (0, 0):
+            set_winsize(pty.master, *size)
+        agent = StartAgent()
+        s = shim.Shim.__new__(shim.Shim)
+        s.cid, s.tty = "c1", pty.slave
+        s.sandbox = type("FakeSandbox", (), {"agent": agent})()  # type: ignore[assignment]
+        s._start()
+        assert agent.calls == ([("resize", *size), "start"] if size != (0, 0) else ["start"])
+    finally:
+        os.close(pty.master)
+        os.close(pty.slave)
