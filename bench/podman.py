@@ -26,7 +26,10 @@ podman is private to the run, as in tests/e2e/conftest.py (whose functions
 this imports): containers.conf and storage under a temporary directory — never
 /etc/containers or /var/lib/containers — and kata-py through a wrapper with
 its own `--root` (the wrapper also notes each call, printed with kata-py's
-logs if anything of a container is left behind). Images come from `podman
+logs if anything of a container is left behind). The wrapper runs the
+installed /usr/local/bin/kata-py, the command engines call, as
+bench/containers.py does (run scripts/setup.sh first so that it is this
+checkout's); without it, this checkout's .venv. Images come from `podman
 import`: busybox (the e2e tarball) and a tiny bench image (busybox plus the
 host's /usr/bin/iperf3 and GNU /usr/bin/dd, the libraries ldd lists and the
 dynamic loader), its tarball cached in /var/cache/kata-py/bench/. Everything
@@ -65,6 +68,7 @@ if str(REPO) not in sys.path:
 
 from tests.e2e.conftest import (  # noqa: E402
     IMAGE,
+    KATA_PY,
     Podman,
     _unmount_below,
     busybox_tar,
@@ -72,6 +76,9 @@ from tests.e2e.conftest import (  # noqa: E402
 )
 
 CACHE = Path("/var/cache/kata-py/bench")
+# what containers.conf.d/kata-py.conf names first, the command engines call
+# (scripts/setup.sh installs it from this checkout); else this checkout's .venv
+INSTALLED = Path("/usr/local/bin/kata-py")
 CALLS_LOG = "kata-py-calls.log"
 IPERF3 = Path("/usr/bin/iperf3")
 GNU_DD = Path("/usr/bin/dd")             # busybox-static's dd prints no "bytes copied" line
@@ -131,7 +138,8 @@ def private_podman() -> Iterator[Podman]:
     """A podman with its own config, storage and kata-py root below a temp
     dir; every container and image of it, and the dir, removed at the end."""
     # the runtime calls podman/conmon made, for a leak's post-mortem
-    podman = new_podman("kpbp", lambda base: f'echo "$(date +%T.%N) $*" >> {base / CALLS_LOG}\n')
+    podman = new_podman("kpbp", lambda base: f'echo "$(date +%T.%N) $*" >> {base / CALLS_LOG}\n',
+                        kata_py=INSTALLED if INSTALLED.exists() else KATA_PY)
     base = podman.base
     calls = base / CALLS_LOG
     try:
@@ -435,6 +443,7 @@ def conditions(runs: int, accelerator: str) -> dict[str, Any]:
             "accelerator": accelerator, "machine": cfg.hypervisor.machine,
             "vm_vcpus": cfg.hypervisor.vcpus, "vm_memory_mib": cfg.hypervisor.memory_mib,
             "virtiofsd_cache": cfg.virtiofsd.cache, "host_kernel": platform.release(),
+            "kata_py": str(INSTALLED if INSTALLED.exists() else KATA_PY),
             "host_cpus": os.cpu_count(), "podman": _first_line(["podman", "--version"]),
             "runc": _first_line(["runc", "--version"]),
             "crun": _first_line(["crun", "--version"]),
@@ -474,7 +483,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"{c['runs_others']}, throughput {c['io_runs']}; medians; virtiofsd "
           f"cache={c['virtiofsd_cache']}; volume on {c['volume_fs']}; load "
           f"{c['load_at_start']['load_average'][0]} -> {c['load_at_end']['load_average'][0]}, "
-          f"QEMUs running at start {c['load_at_start']['qemu_processes']}")
+          f"QEMUs running at start {c['load_at_start']['qemu_processes']}; kata-py: "
+          f"{c['kata_py']}")
     print(f"{'':<40}" + "".join(f"{n:>10}" for n in results) + f"{'kata/runc':>11}")
     for label, key, fmt in ROWS:
         cells = [r.get(key) for r in results.values()]

@@ -226,14 +226,15 @@ def _unmount_below(base: Path) -> None:
         subprocess.run(["umount", point], capture_output=True, timeout=30, check=False)
 
 
-def new_podman(prefix: str, prelude: Callable[[Path], str] = lambda base: "") -> Podman:
+def new_podman(prefix: str, prelude: Callable[[Path], str] = lambda base: "",
+               kata_py: Path = KATA_PY) -> Podman:
     """A podman with its own config and storage below a new temp dir; its
-    runtime is a wrapper (with `prelude(base)` first) that runs this
-    checkout's kata-py with `--root` below that dir."""
+    runtime is a wrapper (with `prelude(base)` first) that runs `kata_py`
+    (this checkout's, by default) with `--root` below that dir."""
     base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))   # short: unix socket paths
     kata_root = base / "k"
     runtime = base / "kata-py"
-    runtime.write_text(f'#!/bin/sh\n{prelude(base)}exec {KATA_PY} --root {kata_root} "$@"\n')
+    runtime.write_text(f'#!/bin/sh\n{prelude(base)}exec {kata_py} --root {kata_root} "$@"\n')
     runtime.chmod(0o755)
     (base / "containers.conf").write_text(containers_conf(base, runtime))
     (base / "storage.conf").write_text(storage_conf(base))
