@@ -27,8 +27,6 @@ created), goes to the full CLI, which starts it or says why not.
 from __future__ import annotations
 
 import _json
-import _socket
-import fcntl
 import os
 import sys
 
@@ -172,6 +170,7 @@ def _has_poststart(bundle: str) -> bool:
 
 def _ask_shim(path: str) -> bool:
     """kata_py.startsock.request_start; False for anything but "ok"."""
+    import _socket
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(path)
@@ -207,6 +206,7 @@ def fast_start(argv: list[str]) -> bool:
     request = _state_request(argv, "start")
     if request is None:
         return False
+    import fcntl  # here, not above: `state` imports nothing it does not use
     root, cid = request
     directory = os.path.join(root, "containers", cid)
     socket_path = os.path.join(directory, START_SOCKET)
