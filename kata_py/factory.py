@@ -66,6 +66,7 @@ META = "template.json"
 # RAM lives in a shared file, so the saved state leaves it out (and a restore
 # keeps the file's contents): the capability QEMU added for templating.
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+FAILED_BUILD = "failed-build"   # in template_dir: the last failed build's logs
 BUILD_HINT = ("rerun with --debug for the template VM's console, or set [factory] "
               "template = false to boot every sandbox")
 
@@ -167,7 +168,7 @@ def _prune(template_dir: Path, keep: Path) -> None:
     for d in template_dir.iterdir():
         if d.name.startswith(".build-"):
             shutil.rmtree(d, ignore_errors=True)
-        elif d.is_dir() and d != keep:
+        elif d.is_dir() and d != keep and d.name != FAILED_BUILD:
             try:
                 entries.append(((d / META).stat().st_mtime, d))
             except OSError:
@@ -210,10 +211,12 @@ def build(tpl: Template, vm: qemu.VmConfig, boot_timeout_s: float) -> None:
             if tail:
                 log.info("VM template %s failed to build; %s ends with:\n%s", tpl.key, name,
                          tail)
+        kept = _keep_failed_logs(work, tpl.dir.parent / FAILED_BUILD)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(sockets, ignore_errors=True)
         if isinstance(exc, HypervisorError):
-            exc.message = f"building the VM template failed: {exc.message}"
+            exc.message = f"building the VM template failed: {exc.message}" + (
+                f" (its console and QEMU logs are kept in {kept})" if kept else "")
             exc.hint = BUILD_HINT
         elif isinstance(exc, OSError):
             raise HypervisorError(f"building the VM template in {tpl.dir.parent} failed: {exc}",
@@ -222,6 +225,22 @@ def build(tpl: Template, vm: qemu.VmConfig, boot_timeout_s: float) -> None:
         raise
     log.info("VM template %s built in %.2fs (agent ready after %.2fs)", tpl.key,
              time.monotonic() - t0, booted_s)
+
+
+def _keep_failed_logs(work: Path, keep: Path) -> Path | None:
+    """The failed build's console and QEMU logs, in place of the last failed
+    build's: an engine (podman) shows only the error line, and the failed
+    create's own logs go with its state."""
+    try:
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(mode=0o700)
+        for name in ("console.log", "qemu.log"):
+            if (work / name).exists():
+                shutil.copyfile(work / name, keep / name)
+    except OSError as exc:
+        log.info("cannot keep the failed template build's logs in %s: %s", keep, exc)
+        return None
+    return keep
 
 
 def _await_ready(console: Path, proc: ProcessRef, timeout_s: float) -> float:

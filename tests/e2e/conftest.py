@@ -45,6 +45,8 @@ from pathlib import Path
 
 import pytest
 
+from kata_py.config import load_config
+from kata_py.factory import FAILED_BUILD
 from tests.integration.conftest import leftovers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -272,6 +274,9 @@ def debian_image(podman_session: Podman) -> str:
 
 def _print_logs(kata_root: Path) -> None:
     logs = [*kata_root.glob("containers/*/shim.log"), *kata_root.glob("vm/*/console.log")]
+    # a template build that failed within the last 10 minutes (kata_py/factory.py)
+    failed = Path(load_config(None).factory.template_dir) / FAILED_BUILD
+    logs += [p for p in failed.glob("*.log") if time.time() - p.stat().st_mtime < 600]
     for path in logs:
         print(f"----- {path} (last 40 lines) -----")
         print("\n".join(path.read_text(errors="replace").splitlines()[-40:]))

@@ -329,6 +329,11 @@ def test_a_vm_that_cannot_boot_fails_create_and_its_logs_reach_the_log_file(
     assert b"noboot" not in kp(root, "list", "-q").stdout
     templates = Path(load_config(None).factory.template_dir)
     assert not list(templates.glob(".build-*"))
+    if template == "true":    # the failed build's logs are kept, and the error says where
+        kept = templates / "failed-build"
+        assert f"kept in {kept}" in r.stderr.decode(), r.stderr
+        console = (kept / "console.log").read_text(errors="replace")
+        assert "Kernel panic" in console or "No working init" in console, console[-2000:]
 
 
 def test_a_vm_that_dies_under_a_running_container_is_reported_and_cleaned_up(
