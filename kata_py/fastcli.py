@@ -164,8 +164,10 @@ def _has_poststart(bundle: str) -> bool:
         spec = _read_json(os.path.join(bundle, "config.json"))
     except (OSError, ValueError):
         return True
-    hooks = spec.get("hooks") if isinstance(spec, dict) else None
-    return not isinstance(hooks or {}, dict) or bool((hooks or {}).get("poststart"))
+    if not isinstance(spec, dict):
+        return True
+    hooks = spec.get("hooks") or {}
+    return not isinstance(hooks, dict) or bool(hooks.get("poststart"))
 
 
 def _ask_shim(path: str) -> bool:

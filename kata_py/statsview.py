@@ -157,8 +157,7 @@ class StatsView:
         self._mounts = [_Mount(p, k) for p, k in points]
         self._sel = selectors.DefaultSelector()
         self._thread: threading.Thread | None = None
-        self._snapshot: tuple[float, Stats] | None = None
-        self._lock = threading.Lock()
+        self._snapshot: tuple[float, Stats] | None = None   # only the serving thread uses it
 
     # ---- mounting -------------------------------------------------------------
 
@@ -228,13 +227,13 @@ class StatsView:
             log.debug("stats view %s: reply to %d: %s", m.point, unique, exc)
 
     def _stats(self) -> Stats:
-        with self._lock:
-            now = time.monotonic()
-            if self._snapshot is None or now - self._snapshot[0] > CACHE_S:
-                self._snapshot = (now, self._fetch())
-            return self._snapshot[1]
+        now = time.monotonic()
+        if self._snapshot is None or now - self._snapshot[0] > CACHE_S:
+            self._snapshot = (now, self._fetch())
+        return self._snapshot[1]
 
-    def _attr(self, m: _Mount, node: int) -> bytes:
+    @staticmethod
+    def _attr(node: int) -> bytes:
         now = int(time.time())
         if node == ROOT_ID:
             mode, nlink = stat.S_IFDIR | 0o555, 2
@@ -260,12 +259,12 @@ class StatsView:
                 self._reply(m, unique, error=errno.ENOENT)
                 return
             child = m.names.index(name) + 2
-            self._reply(m, unique, ENTRY_OUT.pack(child, 0, 1, 1, 0, 0) + self._attr(m, child))
+            self._reply(m, unique, ENTRY_OUT.pack(child, 0, 1, 1, 0, 0) + self._attr(child))
         elif opcode == GETATTR:
             if node != ROOT_ID and not 2 <= node < len(m.names) + 2:
                 self._reply(m, unique, error=errno.ENOENT)
                 return
-            self._reply(m, unique, ATTR_OUT.pack(1, 0, 0) + self._attr(m, node))
+            self._reply(m, unique, ATTR_OUT.pack(1, 0, 0) + self._attr(node))
         elif opcode == OPEN:
             if not 2 <= node < len(m.names) + 2:
                 self._reply(m, unique, error=errno.EISDIR if node == ROOT_ID else errno.ENOENT)
