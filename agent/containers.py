@@ -116,6 +116,17 @@ class Stream:
             return data
 
 
+@dataclass(frozen=True)
+class ProcFiles:
+    """One process's /proc files (ReadProcesses)."""
+
+    pid: int
+    stat: bytes
+    status: bytes
+    cmdline: bytes
+    pid_ns: str
+
+
 @dataclass
 class Container:
     id: str
@@ -423,6 +434,34 @@ class ContainerManager:
                 continue  # exited meanwhile
             out.append((int(line), [a.decode(errors="replace") for a in raw.split(b"\0") if a]))
         return out
+
+    def read_processes(self, container_id: str) -> list[ProcFiles]:
+        """The /proc files of the container's processes, as the container's
+        own /proc shows them (its pids, its parent pid 0 for init), which is
+        what a process in the container's mount namespace reads under runc.
+        Without a pid namespace or a /proc of its own: the guest's /proc
+        files of the processes in its cgroup."""
+        c = self.get(container_id)
+        own = Path(f"/proc/{c.pid}/root/proc")
+        try:
+            separate = os.readlink(f"/proc/{c.pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        except OSError as exc:
+            raise FailedPrecondition(f"container {container_id} has no process: {exc}") from exc
+        if separate and (own / "1" / "stat").exists():
+            base, pids = own, [n for n in os.listdir(own) if n.isdigit()]
+        else:
+            base = Path("/proc")
+            pids = (self._cgroup(container_id) / "cgroup.procs").read_text().split()
+        found = []
+        for pid in pids:
+            try:
+                found.append(ProcFiles(int(pid), (base / pid / "stat").read_bytes(),
+                                       (base / pid / "status").read_bytes(),
+                                       (base / pid / "cmdline").read_bytes(),
+                                       os.readlink(base / pid / "ns" / "pid")))
+            except OSError:
+                continue    # exited meanwhile
+        return found
 
     def remove(self, container_id: str, exec_id: str = "") -> None:
         c = self.get(container_id, exec_id)

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -209,6 +210,16 @@ class AgentService(pb_grpc.AgentServiceServicer):
         return _handle(context, "ListProcesses", lambda: pb.ListProcessesResponse(
             processes=[pb.ProcessInfo(pid=pid, args=args)
                        for pid, args in self.containers.processes(request.container_id)]))
+
+    def ReadProcesses(self, request: pb.ContainerRequest,
+                      context: grpc.ServicerContext) -> Any:
+        def do() -> pb.ReadProcessesResponse:
+            found = self.containers.read_processes(request.container_id)
+            return pb.ReadProcessesResponse(
+                processes=[pb.ProcFiles(pid=f.pid, stat=f.stat, status=f.status,
+                                        cmdline=f.cmdline, pid_ns=f.pid_ns) for f in found],
+                boottime_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        return _handle(context, "ReadProcesses", do)
 
     def ConfigureNetwork(self, request: pb.ConfigureNetworkRequest,
                          context: grpc.ServicerContext) -> Any:

@@ -232,6 +232,16 @@ class AgentClient:
                        pb.ContainerRequest(container_id=container_id))
         return [(int(p.pid), list(p.args)) for p in r.processes]
 
+    def read_processes(self, container_id: str, timeout_s: float = RPC_TIMEOUT_S
+                       ) -> tuple[list[tuple[int, bytes, bytes, bytes, str]], int]:
+        """The container's processes as its /proc shows them: (pid, stat,
+        status, cmdline, pid namespace) each, and the guest's CLOCK_BOOTTIME
+        in ns when read."""
+        r = self._call("ReadProcesses", self.agent.ReadProcesses,
+                       pb.ContainerRequest(container_id=container_id), timeout_s)
+        return ([(int(p.pid), p.stat, p.status, p.cmdline, p.pid_ns) for p in r.processes],
+                int(r.boottime_ns))
+
     def configure_network(self, interfaces: Sequence[Interface], routes: Sequence[Route]
                           ) -> None:
         """NICs (found by MAC), their addresses and the routes, in the guest."""

@@ -149,6 +149,28 @@ class ListProcessesResponse(_message.Message):
     processes: _containers.RepeatedCompositeFieldContainer[ProcessInfo]
     def __init__(self, processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ...) -> None: ...
 
+class ProcFiles(_message.Message):
+    __slots__ = ("pid", "stat", "status", "cmdline", "pid_ns")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STAT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    PID_NS_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    stat: bytes
+    status: bytes
+    cmdline: bytes
+    pid_ns: str
+    def __init__(self, pid: _Optional[int] = ..., stat: _Optional[bytes] = ..., status: _Optional[bytes] = ..., cmdline: _Optional[bytes] = ..., pid_ns: _Optional[str] = ...) -> None: ...
+
+class ReadProcessesResponse(_message.Message):
+    __slots__ = ("processes", "boottime_ns")
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    BOOTTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    processes: _containers.RepeatedCompositeFieldContainer[ProcFiles]
+    boottime_ns: int
+    def __init__(self, processes: _Optional[_Iterable[_Union[ProcFiles, _Mapping]]] = ..., boottime_ns: _Optional[int] = ...) -> None: ...
+
 class CreateContainerRequest(_message.Message):
     __slots__ = ("container_id", "launch_config_json")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -251,6 +251,11 @@ class AgentServiceStub:
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
                 response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.FromString,
                 _registered_method=True)
+        self.ReadProcesses = channel.unary_unary(
+                '/kata_py.agent.v1.AgentService/ReadProcesses',
+                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadProcessesResponse.FromString,
+                _registered_method=True)
         self.ConfigureNetwork = channel.unary_unary(
                 '/kata_py.agent.v1.AgentService/ConfigureNetwork',
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ConfigureNetworkRequest.SerializeToString,
@@ -398,6 +403,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadProcesses(self, request, context):
+        """The container's processes as its own /proc shows them (kata_py/procview.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ConfigureNetwork(self, request, context):
         """The guest's network (Kata's UpdateInterface + UpdateRoutes in one):
         each NIC, found by MAC, gets its name, MTU and addresses and is brought
@@ -515,6 +527,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ListProcesses,
                     request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
                     response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.SerializeToString,
+            ),
+            'ReadProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadProcesses,
+                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
+                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadProcessesResponse.SerializeToString,
             ),
             'ConfigureNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfigureNetwork,
@@ -1041,6 +1058,33 @@ class AgentService:
             '/kata_py.agent.v1.AgentService/ListProcesses',
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kata_py.agent.v1.AgentService/ReadProcesses',
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
+            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ReadProcessesResponse.FromString,
             options,
             channel_credentials,
             insecure,
