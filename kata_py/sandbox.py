@@ -226,8 +226,9 @@ class Sandbox:
         t_daemons = time.monotonic()
         # gRPC is imported only once QEMU runs, while the guest boots: ~70 ms
         # off the path from `create` to QEMU's start.
-        if opening is not None:
-            self._restore(vm_cfg, *opening.result())
+        restored = self._template_result(opening) if opening is not None else None
+        if restored is not None:
+            self._restore(vm_cfg, *restored)
         else:
             self._boot(vm_cfg)
         t_qemu = time.monotonic()
@@ -249,6 +250,18 @@ class Sandbox:
         return BootTimes(self.accelerator, t_daemons - t0, t_qemu - t_daemons,
                          t_ready - t_qemu, t_ready - t0,
                          self.template.key if self.template else "")
+
+    def _template_result(self, opening: _Opening) -> tuple[Template, int, int] | None:
+        """The opened template; None (boot instead) when its VM booted but
+        never answered, which a stalled TCG guest can do now and then: the
+        template only speeds sandboxes up, and the next create builds it again."""
+        from kata_py import factory
+        try:
+            return opening.result()
+        except factory.TemplateTimeout as exc:
+            log.warning("sandbox %s: building the VM template failed: %s; booting the sandbox "
+                        "instead", self.id, exc)
+            return None
 
     def _use_template(self, vm_cfg: qemu.VmConfig) -> bool:
         if not self.cfg.factory.template:

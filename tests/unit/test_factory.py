@@ -170,3 +170,20 @@ def test_a_template_dir_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> 
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(factory.HypervisorError, match="cannot keep VM templates in .*file/t"):
         factory.ensure(tmp_path / "file" / "t", _vm(tmp_path), boot_timeout_s=1)
+
+
+def test_a_template_vm_that_never_answers_makes_the_sandbox_boot_instead() -> None:
+    from kata_py.config import RuntimeConfig
+    from kata_py.errors import HypervisorError
+    from kata_py.sandbox import Sandbox, _Opening
+
+    def stalled(vm_cfg: object) -> tuple[factory.Template, int, int]:
+        raise factory.TemplateTimeout("the template VM's agent did not answer within 60s")
+
+    def refused(vm_cfg: object) -> tuple[factory.Template, int, int]:
+        raise HypervisorError("building the VM template failed: QEMU for kata-py-template-x")
+
+    sb = Sandbox("t", RuntimeConfig())
+    assert sb._template_result(_Opening(stalled, None)) is None      # type: ignore[arg-type]
+    with pytest.raises(HypervisorError, match="QEMU for kata-py-template-x"):
+        sb._template_result(_Opening(refused, None))                  # type: ignore[arg-type]
