@@ -60,6 +60,7 @@ class FactoryConfig:
 class RuntimeConfig:
     state_dir: str = "/run/kata-py"
     stats_view: bool = True             # the guest's figures at the host cgroup (statsview.py)
+    proc_view: bool = True              # the guest's processes as the holder's /proc (procview.py)
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     virtiofsd: VirtiofsdConfig = field(default_factory=VirtiofsdConfig)
     vsock: VsockConfig = field(default_factory=VsockConfig)

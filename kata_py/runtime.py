@@ -21,7 +21,7 @@ from typing import Any
 from kata_py import host_cgroup
 from kata_py.errors import ConfigError, KataError, NotFoundError, StateError
 from kata_py.hypervisor.process import ProcessRef
-from kata_py.state import ContainerState, StateStore, Status, now_rfc3339
+from kata_py.state import SHIM_FILE, ContainerState, StateStore, Status, now_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,9 @@ def _spawn_shim(root: Path, cid: str, config_path: str | None, *extra: str,
 
 
 def _become_shim(argv: list[str], notify_fd: int) -> None:
-    """In the forked child: drop what the CLI had open, run the shim, exit."""
+    """In the forked child: drop what the CLI had open, become the
+    container's holder (holder.py: the pid in the pid file) and run the
+    shim in the holder's child; exit."""
     code = 1
     try:
         root_logger = logging.getLogger()
@@ -334,8 +336,9 @@ def _become_shim(argv: list[str], notify_fd: int) -> None:
                     pass
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        from kata_py import shim
-        code = shim.main(argv)
+        from kata_py import holder, shim
+        link = holder.split(notify_fd)     # this process becomes the holder; its child goes on
+        code = shim.main([*argv, "--holder-fd", str(link)])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - a child must never return into the CLI
@@ -516,13 +519,17 @@ def _shims(root: Path, cid: str, state: ContainerState | None) -> list[ProcessRe
 
     found = []
     if state is not None and state.pid:
+        # the holder (holder.py); killing it kills the shim too
         found.append(ProcessRef(state.pid, state.pid_start_time, "shim"))
     directory = root / "containers" / cid
-    for path in sorted(directory.glob("exec-*.json")) if directory.exists() else ():
+    paths = [directory / SHIM_FILE, *sorted(directory.glob("exec-*.json"))]
+    for path in paths if directory.exists() else ():
         try:
-            found.append(ProcessRef.from_json(json.loads(path.read_text())))
+            ref = ProcessRef.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError):
             continue
+        if ref.pid != os.getpid():      # a shim tearing down its own failed create
+            found.append(ref)
     return found
 
 

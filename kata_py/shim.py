@@ -1,14 +1,17 @@
-"""The shim: the pid-file process of one container (what conmon waits on).
+"""The shim: the host side of one container, child of its holder (the
+pid-file process conmon waits on, holder.py).
 
 `kata-py create` starts it with create's own stdio and waits for one line
 on the notify fd. The shim owns the sandbox: it boots the VM, shares the
-rootfs and bind-mount sources, has the agent build the container, runs the
-createRuntime/prestart hooks, says `ok`, and then:
+rootfs and bind-mount sources, has the agent build the container, has the
+holder enter the container's stand-in mount namespace (serving its /proc,
+procview.py), runs the createRuntime/prestart hooks, says `ok`, and then:
 
 - relays its stdin to the container and the container's stdout/stderr to
   its own, separately;
 - forwards the signals it receives to the container;
-- exits with the container's exit status (128+N when killed by signal N).
+- exits with the container's exit status (128+N when killed by signal N),
+  which its holder passes on.
 
 On any failure before `ok` it tears everything down, writes `error <line>`
 and exits 1. It logs to <root>/containers/<id>/shim.log, never to stdio
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -32,19 +36,21 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from kata_py import host_cgroup
+from kata_py import fuse, host_cgroup
 from kata_py.config import load_config
 from kata_py.console import get_winsize, open_pty, send_console, set_winsize
 from kata_py.errors import KataError
+from kata_py.holder import Bind, HolderLink
 from kata_py.hooks import run_hooks
-from kata_py.hypervisor.process import log_tail, read_start_time
+from kata_py.hypervisor.process import ProcessRef, log_tail, read_start_time
 from kata_py.network import netns_path
+from kata_py.procview import ProcView
 from kata_py.sandbox import Sandbox
 from kata_py.sizing import vm_size
 from kata_py.spec import Spec, load_spec
 from kata_py.startsock import START_SOCKET, StartListener
-from kata_py.state import ContainerState, StateStore
-from kata_py.translate import to_launch_config
+from kata_py.state import SHIM_FILE, ContainerState, StateStore
+from kata_py.translate import is_bind, to_launch_config
 
 if TYPE_CHECKING:
     from kata_py.agent_client import AgentClient
@@ -58,7 +64,7 @@ WAIT_SLICE_S = 60.0
 DRAIN_WAIT_S = 10.0
 READ_MAX_BYTES = 1 << 20   # per ReadStdout/ReadStderr: fewer round trips through the VM
 AGENT_GONE_EXIT = 255
-STATS_TIMEOUT_S = 5.0       # a reader of the stats view waits at most this for the guest
+STATS_TIMEOUT_S = 5.0       # a reader of the stats or /proc view waits at most this for the guest
 FAILED_LOG_LINES = 80       # of shim.log (with the sandbox's log tails) after a failed create
 
 
@@ -183,7 +189,8 @@ def open_terminal(console_socket: Path, size: tuple[int, int] | None = None) -> 
 
 class Shim:
     def __init__(self, root: Path, cid: str, config_path: str | None,
-                 console_socket: Path | None = None, no_pivot: bool = False) -> None:
+                 console_socket: Path | None = None, no_pivot: bool = False,
+                 holder: HolderLink | None = None) -> None:
         self.cid = cid
         self.console_socket = console_socket
         self.no_pivot = no_pivot
@@ -194,10 +201,15 @@ class Shim:
         self.sandbox: Sandbox | None = None     # sized from the spec in setup()
         self.starter: StartListener | None = None
         self.view: StatsView | None = None
+        self.procs: ProcView | None = None
         self.own_pid_ns = False
+        self.holder = holder
 
     def setup(self) -> ContainerState:
         state = self.store.load(self.cid)
+        me = ProcessRef.of(os.getpid(), "vm shim")
+        if self.holder is not None:     # delete finds us here; the pid file has the holder
+            (self.store.root / self.cid / SHIM_FILE).write_text(json.dumps(me.to_json()))
         host_cgroup.join(state.host_cgroup)   # QEMU and the daemons inherit it
         spec = load_spec(Path(state.bundle))
         launch, shares = to_launch_config(spec, self.cid, state.bundle)
@@ -218,9 +230,11 @@ class Shim:
         self.sandbox.agent.create_container(self.cid, launch_config.to_json(launch).encode())
         log.info("container %s created: sandbox %.2fs, shares %.3fs, CreateContainer %.2fs",
                  self.cid, boot.total_s, t_create - t_shares, time.monotonic() - t_create)
-        me = os.getpid()
-        state = dataclasses.replace(state, status="created", pid=me,
-                                    pid_start_time=read_start_time(me) or 0)
+        pid = self.holder.pid if self.holder is not None else me.pid
+        state = dataclasses.replace(state, status="created", pid=pid,
+                                    pid_start_time=read_start_time(pid) or 0)
+        if self.holder is not None:
+            self._enter_holder(spec, state)
         if spec.process.terminal:
             self.tty = self._open_terminal(spec)
         oci = state.oci()
@@ -228,6 +242,8 @@ class Shim:
         run_hooks("createRuntime", spec.hooks.create_runtime, oci)
         self.starter = StartListener(self.store.root / self.cid / START_SOCKET, self._start)
         self.starter.open()
+        if self.holder is not None:   # the pid engines read the cgroup of (podman stats)
+            host_cgroup.join(state.host_cgroup, self.holder.pid)
         self._show_guest_stats(state.host_cgroup)
         self.store.save(state)
         return state
@@ -246,6 +262,37 @@ class Shim:
             if rows and cols:
                 self.sandbox.agent.resize_tty(self.cid, rows, cols)
         self.sandbox.agent.start_container(self.cid)
+
+    def _enter_holder(self, spec: Spec, state: ContainerState) -> None:
+        """The holder's mount namespace becomes the container's stand-in
+        (holder.py), with the guest's processes as its /proc (procview.py)."""
+        assert self.holder is not None and self.sandbox is not None
+        agent = self.sandbox.agent
+        assert agent is not None
+        started = time.monotonic()
+        fuse_fd: int | None = None
+        if self.cfg.proc_view:
+            try:
+                fuse_fd = fuse.open_device()
+            except OSError as exc:
+                log.warning("no /proc view for podman top: /dev/fuse: %s", exc)
+        rootfs = Path(state.bundle, spec.root.path)
+        binds = [Bind(m.source, m.destination, "ro" in m.options) for m in spec.mounts
+                 if is_bind(m)]
+        try:
+            why = self.holder.enter(rootfs, spec.root.readonly, binds, fuse_fd)
+        except KataError:
+            if fuse_fd is not None:
+                os.close(fuse_fd)
+            raise
+        if fuse_fd is not None and not why:
+            self.procs = ProcView(lambda: agent.read_processes(self.cid, STATS_TIMEOUT_S))
+            self.procs.serve(fuse_fd)
+        elif fuse_fd is not None:
+            log.warning("no /proc view for podman top: %s", why)
+            os.close(fuse_fd)
+        log.info("holder %d entered the container's root (%.3fs)", self.holder.pid,
+                 time.monotonic() - started)
 
     def _show_guest_stats(self, host_cgroup_path: str) -> None:
         """Mount the guest-stats view over the host cgroup (statsview.py)."""
@@ -318,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pivot", action="store_true", help="runc's create --no-pivot")
     parser.add_argument("--exec-id", default="",
                         help="relay an already started exec'd process (exec -d)")
+    parser.add_argument("--holder-fd", default=None, type=int,
+                        help="the link to the pid-file process (holder.py)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     log_path = args.root / "containers" / args.id / "shim.log"
@@ -333,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         echo.setFormatter(logging.Formatter("kata-py shim: %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(echo)
     try:
-        shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot)
+        link = HolderLink(args.holder_fd) if args.holder_fd is not None else None
+        shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot, link)
         shim.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)
@@ -343,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail_create(args, log_path, f"internal error: {type(exc).__name__}: {exc}")
     if echo is not None:
         logging.getLogger().removeHandler(echo)   # stderr is the container's from here on
-    _notify(args.notify_fd, f"ok {os.getpid()}")
+    _notify(args.notify_fd, f"ok {os.getppid() if link is not None else os.getpid()}")
     return shim.serve()
 
 

@@ -30,6 +30,7 @@ from kata_py.hypervisor.process import ProcessRef
 OCI_VERSION = "1.2.0"
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
+SHIM_FILE = "shim.json"      # the container's shim, when its holder has the pid (holder.py)
 # runc's rule, plus a length cap that keeps socket paths below the root short.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_+.-]{1,64}$")
 

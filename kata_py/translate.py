@@ -45,7 +45,7 @@ class HostShare:
     readonly: bool
 
 
-def _is_bind(mount: Any) -> bool:
+def is_bind(mount: Any) -> bool:
     return mount.type == "bind" or "bind" in mount.options or "rbind" in mount.options
 
 
@@ -53,7 +53,7 @@ def _mounts(spec: Spec, cid: str) -> tuple[tuple[lc.Mount, ...], list[HostShare]
     mounts: list[lc.Mount] = []
     shares: list[HostShare] = []
     for index, m in enumerate(spec.mounts):
-        if _is_bind(m):
+        if is_bind(m):
             if not m.source.startswith("/"):
                 raise ConfigError(f"config.json: mounts[{index}].source {m.source!r} must be "
                                   "an absolute host path for a bind mount",

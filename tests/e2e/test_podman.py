@@ -259,11 +259,16 @@ def test_two_containers_at_once_top_stats_and_sigkill(podman: Podman) -> None:
         cmdline = podman.ok("exec", name, "cat", "/proc/1/cmdline")
         assert cmdline.split("\0") == [*command.split(), ""]
 
-        # `podman top` asks psgo about State.Pid, which is kata-py's shim on the
-        # host: it lists the host's pid namespace, not the container's (Kata has
-        # the same limit). That it works is all there is to assert.
-        top = podman.ok("top", name)
-        assert top.split()[:3] == ["USER", "PID", "PPID"], top
+        # `podman top` has psgo read /proc in the mount namespace of State.Pid:
+        # kata-py's holder, whose /proc shows the guest's processes as the
+        # container sees them (kata_py/holder.py, procview.py).
+        top = podman.ok("top", name).splitlines()
+        assert top[0].split() == ["USER", "PID", "PPID", "%CPU", "ELAPSED", "TTY", "TIME",
+                                  "COMMAND"], top
+        assert len(top) == 2, top
+        user, pid, ppid, _, elapsed, tty, _, *args = top[1].split()
+        assert (user, pid, ppid, tty, " ".join(args)) == ("root", "1", "0", "?", command), top
+        assert "h" not in elapsed and "m" not in elapsed, top   # seconds, not the host's uptime
         # Descriptors psgo does not know (ps(1) options) make podman exec ps in
         # the container: those are the container's processes, seen in the guest.
         top = podman.ok("top", name, "-ef")
@@ -309,6 +314,42 @@ def test_two_containers_at_once_top_stats_and_sigkill(podman: Podman) -> None:
     assert podman.leftovers() == []
     # the views are gone (two's shim was killed: delete detached its views)
     assert " fuse.kata-py-stats " not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_cp_and_top_see_the_container_not_the_host(podman: Podman, tmp_path: Path) -> None:
+    """podman cp and top join the mount namespace of State.Pid; kata-py's
+    holder makes that the container's rootfs and volumes, and its /proc the
+    guest's processes. (When the shim was State.Pid, cp wrote the host's /.)"""
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    podman.ok("run", "-d", "--name", "cp", *NONE, "-v", f"{volume}:/data", IMAGE,
+              "sleep", "1003")
+    probe = tmp_path / "probe"
+    probe.write_text("from the host\n")
+    name = f"kata-py-cp-probe-{os.getpid()}"
+    try:
+        podman.ok("cp", str(probe), f"cp:/{name}")
+        assert not Path("/", name).exists()
+    finally:
+        Path("/", name).unlink(missing_ok=True)
+    assert podman.ok("exec", "cp", "cat", f"/{name}") == "from the host\n"
+    podman.ok("cp", str(probe), "cp:/data/in-volume")
+    assert (volume / "in-volume").read_text() == "from the host\n"
+    assert podman.ok("exec", "cp", "cat", "/data/in-volume") == "from the host\n"
+    podman.ok("exec", "cp", "sh", "-c", "hostname > /made-inside")
+    podman.ok("cp", "cp:/made-inside", str(tmp_path / "out"))
+    assert (tmp_path / "out").read_text() == podman.ok("exec", "cp", "hostname")
+    assert (tmp_path / "out").read_text() != Path("/etc/hostname").read_text()
+
+    podman.ok("exec", "-d", "cp", "sleep", "1004")
+    rows = [line.split() for line in podman.ok("top", "cp").splitlines()[1:]]
+    commands = {" ".join(row[7:]): row for row in rows}
+    assert set(commands) == {"sleep 1003", "sleep 1004"}, rows
+    assert commands["sleep 1003"][1:3] == ["1", "0"], rows
+    assert commands["sleep 1004"][0] == "root" and commands["sleep 1004"][2] == "0", rows
+    pids = podman.ok("top", "cp", "pid", "args")    # psgo descriptors, not ps's
+    assert re.search(r"^1 +sleep 1003 *$", pids, re.M), pids
+    assert "conmon" not in pids and "qemu" not in pids, pids
 
 
 def test_a_debian_image_runs_its_own_userland(podman: Podman, debian_image: str,
