@@ -75,11 +75,6 @@ class Tree(Protocol):
     def readlink(self, node: int) -> bytes: ...
 
 
-def mount_options(fd: int, subtype: str) -> str:
-    return (f"fd={fd},rootmode=40555,user_id=0,group_id=0,allow_other,"
-            f"default_permissions,subtype={subtype}")
-
-
 @dataclass
 class _Mount:
     tree: Tree
@@ -254,4 +249,6 @@ def open_device() -> int:
 
 
 def mount(fd: int, point: Path, subtype: str) -> None:
-    host_mounts.mount("kata-py", point, "fuse", MOUNT_FLAGS, mount_options(fd, subtype))
+    host_mounts.mount("kata-py", point, "fuse", MOUNT_FLAGS,
+                      f"fd={fd},rootmode=40555,user_id=0,group_id=0,allow_other,"
+                      f"default_permissions,subtype={subtype}")

@@ -21,7 +21,6 @@ times computed against the host's btime come out right.
 from __future__ import annotations
 
 import errno
-import logging
 import stat
 import time
 from collections.abc import Callable
@@ -29,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kata_py import fuse
-
-log = logging.getLogger(__name__)
 
 CACHE_S = 0.5            # one `podman top` reads 5 files per process: one RPC for all
 USER_HZ = 100            # the clock tick of /proc/PID/stat, on both kernels
@@ -45,7 +42,6 @@ Fetch = Callable[[], "tuple[list[tuple[int, bytes, bytes, bytes, str]], int]"]
 
 @dataclass(frozen=True)
 class Process:
-    pid: int
     files: dict[str, bytes]      # stat (start time made host-relative), status, cmdline
     pid_ns: str
 
@@ -65,8 +61,8 @@ def snapshot(entries: list[tuple[int, bytes, bytes, bytes, str]], guest_boottime
              host_boottime_ns: int) -> dict[int, Process]:
     """The processes, their start times as ticks since the host booted."""
     offset = (host_boottime_ns - guest_boottime_ns) * USER_HZ // 1_000_000_000
-    return {pid: Process(pid, {"stat": host_stat(st, offset), "status": status,
-                               "cmdline": cmdline}, pid_ns)
+    return {pid: Process({"stat": host_stat(st, offset), "status": status,
+                          "cmdline": cmdline}, pid_ns)
             for pid, st, status, cmdline, pid_ns in entries}
 
 

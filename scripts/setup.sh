@@ -71,9 +71,10 @@ if [ ! -e /usr/local/bin/kata-py ] || [ -L /usr/local/bin/kata-py ]; then
 fi
 
 # /dev/fuse for the guest-stats view over each container's host cgroup
-# (kata_py/statsview.py); without it kata-py runs and the view is skipped.
+# (kata_py/statsview.py) and the holder's /proc (kata_py/procview.py);
+# without it kata-py runs and the views are skipped.
 if [ ! -e /dev/fuse ]; then
-  modprobe fuse 2>/dev/null || echo "kata-py setup: no /dev/fuse: podman stats will show the VM's host processes" >&2
+  modprobe fuse 2>/dev/null || echo "kata-py setup: no /dev/fuse: podman stats will show the VM's host processes and podman top none" >&2
 fi
 
 step "guest image"

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from kata_py import holder
+from kata_py.errors import ResourceError
 
 REPO = Path(__file__).resolve().parents[2]
 Running = tuple["subprocess.Popen[str]", dict[str, Any], Path]   # holder, what the shim said, tmp
@@ -164,7 +165,7 @@ def test_a_failed_enter_is_an_error_line() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     link = holder.HolderLink(a.detach())
     b.send(b"error mount on /x: No such file or directory")
-    with pytest.raises(Exception) as exc:
+    with pytest.raises(ResourceError) as exc:
         link.enter(Path("/r"), False, [], None)
     assert "cannot give the host a view of the container's root /r" in str(exc.value)
     assert json.loads(b.recv(4096))["rootfs"] == "/r"
