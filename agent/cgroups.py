@@ -13,6 +13,8 @@ libcontainer/cgroups/fs2 and the runtime-spec's cgroup v2 conversion
     cpu.cpus / mems     → cpuset.cpus / cpuset.mems
     pids.limit          → pids.max          (<= 0 → "max")
     unified             → written verbatim
+    devices             → not a file on cgroup v2: an eBPF program
+                          (devices.py) the launcher attaches to the cgroup
 
 The cgroup2 hierarchy is mounted at `Cgroup.root` (/sys/fs/cgroup in the
 guest). Controllers are enabled in every ancestor's cgroup.subtree_control on

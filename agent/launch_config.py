@@ -132,6 +132,11 @@ class Cgroup:
     path: str
     resources: Resources = field(default_factory=Resources)
     root: str = "/sys/fs/cgroup"
+    # linux.resources.devices plus runc's default allow list, compiled by the
+    # host (kata_py.agent.devices): base64 of the struct bpf_insn array the
+    # launcher attaches to this cgroup before joining it; "" = attach none
+    # (an exec joins the container's cgroup, whose program already applies).
+    device_program: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ so it fork+execs this module, which does what runc's `runc init` does
 (libcontainer/nsexec + standard_init_linux.go), in runc's order:
 
  1. read the launch description (launch_config.py) from fd N;
- 2. create the cgroup v2 group, write its limits, join it (cgroups.py);
+ 2. create the cgroup v2 group, write its limits, attach the device program
+    (linux.resources.devices, devices.py), join it (cgroups.py);
  3. setns() into the namespaces given by path, unshare() the new ones; with a
     new (or joined) pid namespace fork: the child is the container's PID 1,
     the parent reports `{"pid": <child>}`, waits, and exits with the child's
@@ -53,7 +54,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NoReturn
 
-from kata_py.agent import cgroups, linux, mounts
+from kata_py.agent import cgroups, devices, linux, mounts
 from kata_py.agent.launch_config import (
     Hook,
     LaunchConfig,
@@ -124,12 +125,19 @@ def check_fds(config: LaunchConfig) -> None:
 # --- 2. cgroup ----------------------------------------------------------------
 
 def setup_cgroup(config: LaunchConfig) -> None:
-    """Create the container's cgroup, write its limits, move this process in."""
+    """Create the container's cgroup, write its limits, attach its device
+    program, move this process in: every process of the container (and of
+    its execs, which join this cgroup) is filtered from then on. A program
+    that cannot be attached fails the create, never a silent skip."""
     if config.cgroup is None:
         return
     with step(f"cgroup {config.cgroup.path}"):
         path = cgroups.create(config.cgroup)
         cgroups.apply(path, config.cgroup.resources)
+    if config.cgroup.device_program:
+        with step(f"linux.resources.devices: attach the device program to {path}"):
+            devices.attach(binascii.a2b_base64(config.cgroup.device_program), path)
+    with step(f"cgroup {config.cgroup.path}"):
         cgroups.join(path)
 
 

@@ -33,7 +33,10 @@ Semantics (libseccomp/runc are the reference where the spec is silent):
   profile order (first match wins), then the first rule without arguments,
   then the default action. Specific-before-general is what makes Docker's
   profile work: ``socket`` is allowed outright and denied for ``AF_VSOCK``.
-* Unknown syscall names (for one arch) are skipped with a debug log, like runc.
+* A name one listed ABI lacks is skipped for it with a debug log, like runc.
+  A name no x86 ABI has and libseccomp does not know either (a typo, or a
+  syscall newer than libseccomp) is skipped with a warning naming its JSON
+  path, as crun does (runc logs it at debug): the rule then does nothing.
 * ``SCMP_ACT_ERRNO`` and ``SCMP_ACT_TRACE`` return ``errno_ret`` (EPERM when
   unset); other actions ignore it. ``SCMP_ACT_KILL`` is ``KILL_THREAD``.
   ``SCMP_ACT_NOTIFY`` is not supported (no listener fd is handed out).
@@ -112,6 +115,22 @@ _ACTIONS = {
 _OPS = ("SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE",
         "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ")
 _BAD_ARCH_RET = SECCOMP_RET_KILL_THREAD
+# Names libseccomp (2.5.4) knows that no table in syscalls.py has: other
+# architectures' syscalls and socketcall(2)'s multiplexed calls, which engines'
+# default profiles list for every architecture (podman's has pciconfig_*,
+# swapcontext, recv, send, syscall, timerfd), and x86_64 syscalls newer than
+# syscalls.py's 6.1 headers. Skipped without a warning.
+KNOWN_ELSEWHERE = frozenset("""
+    arm_fadvise64_64 arm_sync_file_range breakpoint cachectl cacheflush get_tls multiplexer
+    pciconfig_iobase pciconfig_read pciconfig_write recv riscv_flush_icache rtas
+    s390_guarded_storage s390_pci_mmio_read s390_pci_mmio_write s390_runtime_instr s390_sthyi
+    send set_tls spu_create spu_run subpage_prot swapcontext switch_endian sync_file_range2
+    syscall sysmips timerfd usr26 usr32
+    cachestat fchmodat2 map_shadow_stack futex_wake futex_wait futex_requeue statmount listmount
+    lsm_get_self_attr lsm_set_self_attr lsm_list_modules mseal setxattrat getxattrat
+    listxattrat removexattrat open_tree_attr file_getattr file_setattr uretprobe
+""".split())
+_UNKNOWN_SHOWN = 8          # names listed in the warning; the rest are counted
 _CHUNK = 250  # jeq's sharing one ret; keeps every conditional jump under 256
 
 
@@ -350,6 +369,18 @@ def _plan(profile: SeccompProfile, rets: list[int], table: Mapping[str, int],
     return plan
 
 
+def _warn_unknown(profile: SeccompProfile) -> None:
+    """One warning for the names that are no syscall anywhere (see KNOWN_ELSEWHERE)."""
+    unknown = [f"linux.seccomp.syscalls[{i}].names[{j}] {name!r}"
+               for i, rule in enumerate(profile.syscalls) for j, name in enumerate(rule.names)
+               if name not in KNOWN_ELSEWHERE and not any(
+                   name in abi.table for abi in _ABIS.values())]
+    if unknown:
+        more = len(unknown) - _UNKNOWN_SHOWN
+        log.warning("unknown syscall%s ignored: %s%s", "s" if len(unknown) > 1 else "",
+                    ", ".join(unknown[:_UNKNOWN_SHOWN]), f" and {more} more" if more > 0 else "")
+
+
 def _check_args(profile: SeccompProfile) -> None:
     for i, rule in enumerate(profile.syscalls):
         for j, arg in enumerate(rule.args):
@@ -370,6 +401,7 @@ def _compile(profile: SeccompProfile) -> _Asm:
             for i, rule in enumerate(profile.syscalls)]
     _check_args(profile)
     abis = _abis(profile.architectures)
+    _warn_unknown(profile)
     plans = {name: _plan(profile, rets, abi.table, name) for name, abi in abis.items()}
 
     asm = _Asm()

@@ -284,7 +284,10 @@ class AgentServer:
     def __init__(self, listen: str, shared_dir: Path, reaper: Reaper | None = None,
                  zygote: Zygote | None = None) -> None:
         self.stopping = threading.Event()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS))
+        limit = shared.GRPC_MESSAGE_MAX_BYTES
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS),
+                                  options=[("grpc.max_receive_message_length", limit),
+                                           ("grpc.max_send_message_length", limit)])
         pb_grpc.add_HealthServicer_to_server(HealthService(), self.server)
         containers = ContainerManager(reaper, zygote) if reaper is not None else None
         pb_grpc.add_AgentServiceServicer_to_server(

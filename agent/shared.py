@@ -16,6 +16,13 @@ VSOCK_PORT = 1024                         # the agent's port (Kata's agent uses 
 VSOCK_LISTEN = f"vsock:{VSOCK_PORT}"
 READY_LINE = "kata-py-agent: ready"        # the console line the agent writes once it serves
 READ_CAP_BYTES = 4 * 1024 * 1024
+# gRPC's message limit at both ends (agent/server.py, kata_py/agent_client.py;
+# gRPC's default is 4 MiB, which a 4 MiB environment overran). A request's
+# one unbounded part is a process's arguments and environment, which execve(2)
+# caps at 6 MiB (kata_py/spec.py): they fit as JSON, while the agent's several
+# copies of a request (gRPC, protobuf, JSON, the launcher's pickle) stay a
+# small part of a small guest's memory (272 MiB with a 16 MiB container).
+GRPC_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 CGROUP_ROOT = Path("/sys/fs/cgroup")      # the guest's cgroup2
 CGROUP_PARENT = "kata-py"                 # containers' cgroups: CGROUP_PARENT/<id> below it
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from kata_py.agent import deferred
+from kata_py.agent.shared import GRPC_MESSAGE_MAX_BYTES
 from kata_py.errors import AgentError, NotFoundError
 
 deferred.defer()    # modules grpc and protobuf import but a sync client never uses
@@ -35,6 +36,10 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 250),
+    # The agent's limit both ways (a ReadSharedFile reply of READ_CAP_BYTES
+    # is just over gRPC's default 4 MiB); translate.py checks requests first.
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_MAX_BYTES),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_MAX_BYTES),
 ]
 
 

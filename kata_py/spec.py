@@ -15,6 +15,9 @@ encountered"). Rejected as unsupported here: the `solaris`, `windows`, `vm`,
 `zos` and `freebsd` platform objects, `process.scheduler`,
 `process.ioPriority`, `process.execCPUAffinity`, and per-mount
 `uidMappings`/`gidMappings` (idmapped mounts); see spec_linux.py for `linux`.
+Refused because the guest would fail on them after the VM booted: the id
+4294967295 ((uid_t)-1), and process (or hook) args and env that execve(2)
+would refuse with E2BIG.
 
 It reads files only; it must not create, mount or change anything.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -62,7 +65,7 @@ __all__ = [
     "BlockIo", "Capabilities", "ConsoleSize", "Cpu", "Device", "DeviceRule", "Hook", "Hooks",
     "HugepageLimit", "IdMapping", "Linux", "Memory", "Mount", "Namespace", "Network", "Pids",
     "Process", "Resources", "Rlimit", "Root", "Seccomp", "SeccompArg", "Spec", "Syscall", "User",
-    "default_spec", "load_spec", "parse_spec",
+    "check_execve_space", "default_spec", "load_spec", "parse_spec",
 ]
 
 SUPPORTED_VERSIONS = re.compile(r"1\.[0-2]\.\d+([-+].*)?")
@@ -79,6 +82,20 @@ RLIMITS = frozenset("RLIMIT_" + name for name in (
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
               "poststop")
 PLATFORMS_UNSUPPORTED = ("solaris", "windows", "vm", "zos", "freebsd")
+# (uid_t)-1 is no id: setresuid(2) and setresgid(2) read it as "leave it
+# unchanged" (uid 4294967295 would leave the process root), and no user
+# namespace maps it.
+ID_MAX = UINT32_MAX - 1
+ID_HINT = ("use an id from 0 to 4294967294; 4294967295 is (uid_t)-1, which setresuid(2) "
+           "takes as \"leave the id unchanged\"")
+# execve(2)'s limits (Linux fs/exec.c): the guest's execve would fail with
+# E2BIG only after the VM booted, and without naming the field. Counted as the
+# kernel counts (bytes with the NUL, plus a pointer each) but without the file
+# name, so whatever is refused here the kernel would refuse too.
+MAX_ARG_STRLEN = 32 * 4096          # one argument or environment string, NUL included
+ARG_MAX = 32 * 4096                 # the space for all of them: never below this,
+ARG_SPACE_MAX_BYTES = 6 << 20       # never above 3/4 of _STK_LIM (Linux >= 4.13),
+GUEST_STACK_RLIMIT_BYTES = 8 << 20  # else RLIMIT_STACK / 4; the guest's default RLIMIT_STACK
 
 
 @dataclass(frozen=True)
@@ -236,15 +253,18 @@ def _process(node: Node) -> Process:
     cwd = node.string("cwd", required=True)
     require_absolute(node.at("cwd"), cwd)
     console, user, caps = node.child("consoleSize"), node.child("user"), node.child("capabilities")
+    env = node.strings("env")
+    rlimits = _rlimits(node)
+    check_execve_space(args, env, rlimits, node.at)
     process = Process(
         args=args,
         cwd=cwd,
         terminal=node.boolean("terminal"),
         console_size=_console_size(console) if console else None,
         user=_user(user) if user else User(),
-        env=node.strings("env"),
+        env=env,
         capabilities=_capabilities(caps) if caps else None,
-        rlimits=_rlimits(node),
+        rlimits=rlimits,
         no_new_privileges=node.boolean("noNewPrivileges"),
         oom_score_adj=node.integer("oomScoreAdj", minimum=-1000, maximum=1000),
         apparmor_profile=node.string("apparmorProfile"),
@@ -252,6 +272,45 @@ def _process(node: Node) -> Process:
     )
     node.finish()
     return process
+
+
+def _string_bytes(text: str) -> int:
+    """What execve(2) copies of `text`: its UTF-8 bytes and the NUL."""
+    if text.isascii():
+        return len(text) + 1
+    return len(text.encode(errors="surrogatepass")) + 1
+
+
+def check_execve_space(args: tuple[str, ...], env: tuple[str, ...],
+                       rlimits: tuple[Rlimit, ...] | None, at: Callable[[str], str],
+                       where: str = FILE) -> None:
+    """ConfigError when execve(2) would fail with E2BIG: one string over
+    MAX_ARG_STRLEN, or, unless `rlimits` is None (a hook on the host, whose
+    stack rlimit is not ours to know), all of them with their pointers over
+    the space the stack rlimit leaves (fs/exec.c, bprm_stack_limits).
+    `at(key)` is the JSON path of process.args/process.env in `where`."""
+    total = 0
+    for key, strings in (("args", args), ("env", env)):
+        for i, text in enumerate(strings):
+            size = _string_bytes(text)
+            if size > MAX_ARG_STRLEN:
+                raise ConfigError(
+                    f"{where}: {at(key)}[{i}] is {size - 1} bytes, more than the "
+                    f"{MAX_ARG_STRLEN - 1} execve(2) takes in one string",
+                    "shorten it; Linux refuses a longer argument or environment string "
+                    "(MAX_ARG_STRLEN) with E2BIG")
+            total += size + 8                   # the string and its pointer
+    if rlimits is None:
+        return
+    stack = next((r.soft for r in rlimits if r.type == "RLIMIT_STACK"),
+                 GUEST_STACK_RLIMIT_BYTES)
+    space = max(min(ARG_SPACE_MAX_BYTES, stack // 4), ARG_MAX)
+    if total > space:
+        raise ConfigError(
+            f"{where}: {at('args')} and {at('env')} are {total} bytes together, more than "
+            f"the {space} execve(2) takes with RLIMIT_STACK {stack}",
+            "shorten them; Linux gives arguments and environment a quarter of "
+            "RLIMIT_STACK, at most 6 MiB, and fails execve with E2BIG beyond it")
 
 
 def _console_size(node: Node) -> ConsoleSize:
@@ -262,12 +321,17 @@ def _console_size(node: Node) -> ConsoleSize:
 
 
 def _user(node: Node) -> User:
-    def id_(key: str) -> int:
-        return node.integer(key, minimum=0, maximum=UINT32_MAX) or 0
+    def id_(path: str, value: int) -> int:
+        if value > ID_MAX:
+            raise invalid(path, f"must be at most {ID_MAX}, not {value}", ID_HINT)
+        return value
 
-    user = User(uid=id_("uid"), gid=id_("gid"),
-                umask=node.integer("umask", minimum=0, maximum=0o777),
-                additional_gids=node.integers("additionalGids", minimum=0, maximum=UINT32_MAX))
+    uid = id_(node.at("uid"), node.integer("uid", minimum=0) or 0)
+    gid = id_(node.at("gid"), node.integer("gid", minimum=0) or 0)
+    gids = node.integers("additionalGids", minimum=0)
+    user = User(uid=uid, gid=gid, umask=node.integer("umask", minimum=0, maximum=0o777),
+                additional_gids=tuple(id_(f"{node.at('additionalGids')}[{i}]", g)
+                                      for i, g in enumerate(gids)))
     node.finish()
     return user
 
@@ -342,7 +406,9 @@ def _hooks(node: Node) -> Hooks:
             timeout = item.integer("timeout")
             if timeout is not None and timeout <= 0:
                 raise invalid(item.at("timeout"), f"must be greater than zero, not {timeout}")
-            out.append(Hook(path, item.strings("args"), item.strings("env"), timeout))
+            args, env = item.strings("args"), item.strings("env")
+            check_execve_space(args, env, None, item.at)
+            out.append(Hook(path, args, env, timeout))
             item.finish()
         return tuple(out)
 

@@ -37,6 +37,15 @@ from kata_py.spec_reader import (
 )
 
 NAMESPACE_TYPES = frozenset({"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"})
+# The smallest memory limit kata-py accepts (0, as in runc, and -1 mean none).
+# The container's cgroup first holds the guest's launcher, a fork of the
+# agent's Python zygote (≈ 11 MiB of heap; one gc pass and the launch steps
+# copy ≈ 4 MiB of it, measured on the host), then the container's process;
+# with much less the OOM killer ends the launcher before execve ("the
+# container launcher exited (137)"). Docker and podman refuse < 6 MiB.
+MEMORY_LIMIT_MIN_BYTES = 16 << 20
+MEMORY_LIMIT_HINT = ("kata-py builds each container with a Python launcher inside its memory "
+                     "cgroup; give it 16m or more, or -1 for no limit")
 DEVICE_TYPES = frozenset({"c", "b", "u", "p"})
 DEVICE_RULE_TYPES = frozenset({"a", "c", "b"})
 ROOTFS_PROPAGATIONS = frozenset({"shared", "slave", "private", "unbindable",
@@ -355,13 +364,23 @@ def _memory(node: Node) -> Memory:
     def bytes_(key: str) -> int | None:
         return node.integer(key, minimum=-1, maximum=INT64_MAX)
 
-    memory = Memory(limit=bytes_("limit"), reservation=bytes_("reservation"),
+    limit = bytes_("limit")
+    if limit is not None and memory_limit_problem(limit):
+        raise invalid(node.at("limit"), memory_limit_problem(limit), MEMORY_LIMIT_HINT)
+    memory = Memory(limit=limit, reservation=bytes_("reservation"),
                     swap=bytes_("swap"), kernel=bytes_("kernel"),
                     swappiness=node.integer("swappiness", minimum=0, maximum=100),
                     disable_oom_killer=node.optional_boolean("disableOOMKiller"))
     node.ignore("kernelTCP", "useHierarchy", "checkBeforeUpdate")
     node.finish()
     return memory
+
+
+def memory_limit_problem(limit: int) -> str:
+    """What is wrong with `limit` (bytes) as a container's memory limit; "" if nothing."""
+    if 0 < limit < MEMORY_LIMIT_MIN_BYTES:
+        return f"must be at least {MEMORY_LIMIT_MIN_BYTES} (16 MiB), not {limit}"
+    return ""
 
 
 def _cpu(node: Node) -> Cpu:

@@ -20,18 +20,23 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kata_py.agent import launch_config as lc
-from kata_py.agent.shared import CGROUP_PARENT, SHARED_DIR
+from kata_py.agent.shared import CGROUP_PARENT, GRPC_MESSAGE_MAX_BYTES, SHARED_DIR
 from kata_py.errors import ConfigError
 from kata_py.spec import Process, Spec
-from kata_py.spec_linux import Resources, Seccomp
+from kata_py.spec_linux import Linux, Resources, Seccomp
 
 GUEST_SHARE = str(SHARED_DIR)            # where the guest mounts the virtio-fs share
 GUEST_CGROUP_PARENT = CGROUP_PARENT     # below the guest's /sys/fs/cgroup (the agent prepares it)
+# A launch description's share of the agent's message limit; the request's
+# other fields, and the bundle path the shim adds after create's check, fit
+# in the rest.
+DESCRIPTION_MAX_BYTES = GRPC_MESSAGE_MAX_BYTES - 64 * 1024
 KERNEL_FS_TYPES = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup",
                              "cgroup2", "devtmpfs", "securityfs", "debugfs"})
 
@@ -93,11 +98,11 @@ def _namespaces(spec: Spec) -> tuple[lc.Namespace, ...]:
     return tuple(out)
 
 
-def _cgroup(cid: str, resources: Resources | None) -> lc.Cgroup:
+def _cgroup(cid: str, resources: Resources | None, device_program: str = "") -> lc.Cgroup:
     r = resources or Resources()
     mem, cpu, pids = r.memory, r.cpu, r.pids
     return lc.Cgroup(path=f"{GUEST_CGROUP_PARENT}/{cid}", resources=lc.Resources(
-        memory_limit=mem.limit if mem else None,
+        memory_limit=(mem.limit or None) if mem else None,     # 0: no limit, as in runc
         memory_reservation=mem.reservation if mem else None,
         memory_swap=mem.swap if mem else None,
         cpu_shares=cpu.shares if cpu else None,
@@ -105,7 +110,7 @@ def _cgroup(cid: str, resources: Resources | None) -> lc.Cgroup:
         cpu_period=cpu.period if cpu else None,
         cpuset_cpus=cpu.cpus if cpu else "",
         cpuset_mems=cpu.mems if cpu else "",
-        pids_limit=pids.limit if pids else None))
+        pids_limit=pids.limit if pids else None), device_program=device_program)
 
 
 def _seccomp(seccomp: Seccomp | None) -> dict[str, Any] | None:
@@ -137,6 +142,24 @@ def _seccomp_program(seccomp: Seccomp | None) -> tuple[str, int]:
     except bpf.SeccompError as exc:
         raise ConfigError(str(exc), "fix linux.seccomp in config.json") from exc
     return base64.b64encode(program).decode(), flags
+
+
+def _device_program(linux: Linux | None) -> str:
+    """linux.resources.devices plus runc's default allow list, compiled here
+    (base64 eBPF): the guest, Python under TCG, only loads and attaches it.
+    No rules still means runc's defaults, i.e. every other device refused."""
+    from kata_py.agent import devices
+
+    rules = linux.resources.devices if linux and linux.resources else ()
+    try:
+        program = devices.compile_filter(
+            [devices.Rule(r.allow, r.type, devices.WILDCARD if r.major is None else r.major,
+                          devices.WILDCARD if r.minor is None else r.minor, r.access)
+             for r in rules],
+            [d.path for d in (linux.devices if linux else ())])
+    except devices.DeviceRuleError as exc:
+        raise ConfigError(str(exc), "fix linux.resources.devices in config.json") from exc
+    return base64.b64encode(program).decode()
 
 
 def launch_process(p: Process) -> lc.Process:
@@ -182,8 +205,28 @@ def to_launch_config(spec: Spec, container_id: str, bundle: str = ""
                       for d in (linux.devices if linux else ())),
         sysctl=dict(linux.sysctl) if linux else {},
         seccomp_program=program, seccomp_flags=flags,
-        cgroup=_cgroup(container_id, linux.resources if linux else None),
+        cgroup=_cgroup(container_id, linux.resources if linux else None,
+                       _device_program(linux)),
         hooks=_hooks(spec),
         state={"ociVersion": spec.oci_version, "id": container_id, "bundle": bundle,
                "annotations": dict(spec.annotations)})
+    check_size(config, "config.json")
     return config, [rootfs, *shares]
+
+
+def check_size(config: lc.LaunchConfig, where: str) -> None:
+    """ConfigError when `config` as sent (lc.to_json, in CreateContainer or
+    ExecProcess) is more than the agent takes; names its largest part."""
+    size = len(lc.to_json(config))      # ASCII: json.dumps escapes the rest
+    if size <= DESCRIPTION_MAX_BYTES:
+        return
+    raw = dataclasses.asdict(config)
+    parts = {"process.env": raw["process"]["env"], "process.args": raw["process"]["args"],
+             "annotations": raw["state"].get("annotations"), "mounts": raw["mounts"],
+             "hooks": raw["hooks"], "linux.sysctl": raw["sysctl"],
+             "linux.maskedPaths": raw["masked_paths"],
+             "linux.readonlyPaths": raw["readonly_paths"], "linux.devices": raw["devices"]}
+    path, part = max(((p, len(json.dumps(v))) for p, v in parts.items()), key=lambda x: x[1])
+    raise ConfigError(f"{where}: the launch description is {size} bytes, more than the "
+                      f"{DESCRIPTION_MAX_BYTES} the agent accepts ({path}: {part} bytes of it)",
+                      f"shrink {path}")

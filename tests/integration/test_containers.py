@@ -4,12 +4,14 @@ virtio-fs; output, stdin, exit codes and signals travel over vsock."""
 
 from __future__ import annotations
 
+import base64
 import signal
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from kata_py.agent import devices
 from kata_py.agent import launch_config as lc
 from kata_py.agent_client import AgentClient
 from kata_py.config import RuntimeConfig
@@ -50,11 +52,11 @@ def _create(sb: Sandbox, cid: str, *args: str, cgroup: lc.Cgroup | None = None) 
     return sb.agent
 
 
-def _drain(agent: AgentClient, cid: str, stream: str) -> bytes:
+def _drain(agent: AgentClient, cid: str, stream: str, exec_id: str = "") -> bytes:
     out = b""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        chunk = agent.read_output(cid, stream, timeout_s=10)
+        chunk = agent.read_output(cid, stream, timeout_s=10, exec_id=exec_id)
         if chunk == b"":
             return out
         out += chunk or b""
@@ -124,3 +126,70 @@ def test_guest_cgroup_limits_apply(sandbox: Sandbox) -> None:
     agent.remove_container("c-cg")
     assert out == ["0::/kata-py/c-cg"]
     assert code != 0 and "fork" in stderr
+
+
+def _read_until(agent: AgentClient, cid: str, stream: str, markers: tuple[bytes, ...],
+                exec_id: str = "") -> bytes:
+    """Output of a still-running process until every marker has been seen."""
+    out = b""
+    deadline = time.monotonic() + 60
+    while not all(m in out for m in markers) and time.monotonic() < deadline:
+        chunk = agent.read_output(cid, stream, timeout_s=10, exec_id=exec_id)
+        if chunk == b"":
+            break
+        out += chunk or b""
+    return out
+
+
+def test_device_rules_refuse_the_guest_disk_to_a_container_with_cap_mknod(
+        sandbox: Sandbox) -> None:
+    """linux.resources.devices deny-all (+ runc's default allow list, compiled
+    as translate.py does): mknod still works, but opening the node is refused
+    with EPERM — the guest's own virtio-blk disk included — while /dev/null
+    and /dev/zero work; a process exec'd into the container is filtered too."""
+    cid = "c-dev"
+    program = base64.b64encode(devices.compile_filter([devices.Rule(False)], [])).decode()
+    script = ("echo x > /dev/null && echo null-ok; "
+              "busybox head -c1 /dev/zero > /dev/null && echo zero-ok; "
+              "busybox mknod /tmp/kmsg c 1 11 && echo kmsg-mknod-ok; busybox head -c1 /tmp/kmsg; "
+              "set -- $(busybox grep -w vda /proc/partitions); "
+              'if [ -n "$1" ]; then busybox mknod /tmp/vda b "$1" "$2" && echo vda-mknod-ok; '
+              "busybox head -c1 /tmp/vda; else echo no-vda; fi; echo checked; exec sleep 600")
+    config = lc.LaunchConfig(
+        container_id=cid, rootfs=_rootfs(sandbox, cid),
+        process=lc.Process(args=("sh", "-c", script), env=("PATH=/bin", "HOME=/"), cwd="/"),
+        fds=lc.Fds(sync=3, start=4),
+        namespaces=tuple(lc.Namespace(t) for t in ("pid", "mount", "uts", "ipc", "cgroup")),
+        mounts=(lc.Mount("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
+                lc.Mount("/tmp", "tmpfs", "tmpfs", ("nosuid",))),
+        cgroup=lc.Cgroup(f"kata-py/{cid}", device_program=program))
+    agent = sandbox.agent
+    assert agent is not None
+    agent.create_container(cid, lc.to_json(config).encode())
+    agent.start_container(cid)
+    try:
+        out = _read_until(agent, cid, "stdout", (b"checked",)).decode().split()
+        denied = [b"head: /tmp/kmsg: Operation not permitted"]
+        if "no-vda" not in out:
+            denied.append(b"head: /tmp/vda: Operation not permitted")
+        err = _read_until(agent, cid, "stderr", tuple(denied))
+        assert out[:3] == ["null-ok", "zero-ok", "kmsg-mknod-ok"], (out, err)
+        assert "no-vda" in out or "vda-mknod-ok" in out, (out, err)
+        assert all(d in err for d in denied), (out, err)
+
+        exec_config = lc.LaunchConfig(
+            container_id=cid, rootfs="/", fds=lc.Fds(sync=3, start=4),
+            process=lc.Process(args=("sh", "-c", "busybox mknod /tmp/kmsg2 c 1 11 && echo ok; "
+                                                 "busybox head -c1 /tmp/kmsg2"),
+                               env=("PATH=/bin",), cwd="/"))
+        agent.exec_process(cid, "e1", lc.to_json(exec_config).encode())
+        exec_out = _drain(agent, cid, "stdout", "e1")
+        exec_err = _drain(agent, cid, "stderr", "e1")
+        assert agent.wait_process(cid, timeout_s=30, exec_id="e1") != 0
+        assert exec_out == b"ok\n", (exec_out, exec_err)
+        assert b"head: /tmp/kmsg2: Operation not permitted" in exec_err, exec_err
+        agent.remove_container(cid, "e1")
+    finally:
+        agent.signal_process(cid, signal.SIGKILL)
+        agent.wait_process(cid, timeout_s=30)
+        agent.remove_container(cid)

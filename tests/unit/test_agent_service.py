@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kata_py.agent.server import AgentServer
+from kata_py.agent.shared import GRPC_MESSAGE_MAX_BYTES, READ_CAP_BYTES
 from kata_py.agent_client import AgentClient
 from kata_py.errors import AgentError, NotFoundError
 
@@ -49,6 +50,25 @@ def test_shared_file_is_read_back(agent: tuple[AgentServer, AgentClient, Path]) 
     (share / "sub" / "hello.txt").write_bytes(b"from the host\n")
     assert client.read_shared_file("sub/hello.txt") == b"from the host\n"
     assert client.read_shared_file("sub/hello.txt", max_bytes=4) == b"from"
+
+
+def test_a_shared_file_of_the_read_cap_comes_back_whole(
+        agent: tuple[AgentServer, AgentClient, Path]) -> None:
+    """Its reply is just over gRPC's default 4 MiB receive limit."""
+    _, client, share = agent
+    (share / "big").write_bytes(b"x" * (READ_CAP_BYTES + 1))
+    assert client.read_shared_file("big") == b"x" * READ_CAP_BYTES
+
+
+def test_a_request_over_4_mib_reaches_the_agent_and_one_over_its_limit_does_not(
+        agent: tuple[AgentServer, AgentClient, Path]) -> None:
+    _, client, _ = agent
+    with pytest.raises(AgentError) as caught:       # the handler's answer: no containers here
+        client.create_container("c1", b"{" * (8 << 20))
+    assert caught.value.code == "FAILED_PRECONDITION"
+    with pytest.raises(AgentError) as caught:
+        client.create_container("c1", b"{" * GRPC_MESSAGE_MAX_BYTES)
+    assert caught.value.code == "RESOURCE_EXHAUSTED"
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "/etc/passwd", "a/../../x", ""])

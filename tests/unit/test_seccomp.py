@@ -170,6 +170,36 @@ def test_unknown_syscall_names_are_skipped_with_a_debug_log(
     assert "unknown syscall 'no_such_call' for SCMP_ARCH_X86_64 ignored" in caplog.text
 
 
+def test_a_name_no_architecture_has_is_skipped_with_one_warning_naming_its_path(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="kata_py.agent.seccomp")
+    prog = seccomp.compile_filter(profile(allow("getpid"), allow("read", "opne"),
+                                          arches=("SCMP_ARCH_X86_64", "SCMP_ARCH_X86")))
+    assert run_bpf(prog, X64["read"]) == SECCOMP_RET_ALLOW
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["unknown syscall ignored: linux.seccomp.syscalls[1].names[1] 'opne'"]
+
+
+def test_the_warning_lists_eight_unknown_names_and_counts_the_rest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    seccomp.compile_filter(profile(allow(*(f"bogus{i}" for i in range(10)))))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == ("unknown syscalls ignored: " + ", ".join(
+        f"linux.seccomp.syscalls[0].names[{i}] 'bogus{i}'" for i in range(8)) + " and 2 more")
+
+
+def test_names_other_architectures_have_give_no_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """podman's default profile lists these for every architecture; libseccomp
+    knows them, so crun does not warn either."""
+    seccomp.compile_filter(profile(allow(
+        "pciconfig_iobase", "pciconfig_read", "pciconfig_write", "swapcontext", "recv", "send",
+        "syscall", "timerfd", "socketcall", "arm_fadvise64_64", "s390_runtime_instr",
+        "cachestat", "mseal")))
+    seccomp.compile_filter(docker_like_profile())
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 U64 = [0, 1, 2, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 32, (1 << 32) + 5, 0xFFFFFFFF00000000,
        (1 << 64) - 1, 0x123456789]
 OPS: dict[str, Callable[[int, int, int], bool]] = {

@@ -80,8 +80,8 @@ def test_memory_limit_adds_the_guest_overhead(bundle: Path) -> None:
 
 
 def test_memory_limit_rounds_up_to_whole_mib(bundle: Path) -> None:
-    spec = spec_with(bundle, {"memory": {"limit": 1_500_000}})
-    assert vm_size(spec, DEFAULTS).memory_mib == 2 + GUEST_OVERHEAD_MIB
+    spec = spec_with(bundle, {"memory": {"limit": 20_000_000}})
+    assert vm_size(spec, DEFAULTS).memory_mib == 20 + GUEST_OVERHEAD_MIB
 
 
 @pytest.mark.parametrize("memory", [{"limit": -1}, {"limit": 0}, {"reservation": GIB}])

@@ -182,14 +182,14 @@ def test_unknown_properties_are_ignored_and_logged_at_debug(
     doc["futureTopLevel"] = {"anything": [1, 2]}
     doc["process"]["futureFlag"] = True
     doc["process"]["commandLine"] = "windows only"
-    doc["linux"] = {"resources": {"memory": {"limit": 1024, "newKnob": 1}},
+    doc["linux"] = {"resources": {"memory": {"limit": 1 << 30, "newKnob": 1}},
                     "seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
                                 "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW",
                                               "comment": "podman keeps these"}]}}
     with caplog.at_level(logging.DEBUG, logger="kata_py.spec_reader"):
         spec = parse_spec(doc, bundle)
     assert spec.linux.resources is not None and spec.linux.resources.memory is not None
-    assert spec.linux.resources.memory.limit == 1024
+    assert spec.linux.resources.memory.limit == 1 << 30
     for path in ("futureTopLevel", "process.futureFlag", "process.commandLine",
                  "linux.resources.memory.newKnob", "linux.seccomp.syscalls[0].comment"):
         assert f"config.json: ignoring unknown property {path}" in caplog.messages
@@ -239,6 +239,23 @@ BAD_INPUTS = [
      "config.json: process.user.uid must be an integer, not true"),
     ("process.user", {"uid": -1}, "config.json: process.user.uid must be at least 0, not -1"),
     ("process.user", {"uid": 1.5}, "config.json: process.user.uid must be an integer, not 1.5"),
+    ("process.user", {"uid": 4294967295},
+     "config.json: process.user.uid must be at most 4294967294, not 4294967295"),
+    ("process.user", {"uid": 0, "gid": 4294967295},
+     "config.json: process.user.gid must be at most 4294967294, not 4294967295"),
+    ("process.user", {"additionalGids": [10, 4294967295]},
+     "config.json: process.user.additionalGids[1] must be at most 4294967294, not 4294967295"),
+    ("process.user", {"uid": 2**32},
+     "config.json: process.user.uid must be at most 4294967294, not 4294967296"),
+    ("process.env", ["A=1", "B=" + "x" * 131070],
+     "config.json: process.env[1] is 131072 bytes, more than the 131071 execve(2) takes in "
+     "one string"),
+    ("process.args", ["sh", "\u00e9" * 65536],
+     "config.json: process.args[1] is 131072 bytes, more than the 131071 execve(2) takes in "
+     "one string"),
+    ("hooks", {"poststop": [{"path": "/bin/true", "args": ["true", "x" * 131072]}]},
+     "config.json: hooks.poststop[0].args[1] is 131072 bytes, more than the 131071 execve(2) "
+     "takes in one string"),
     ("process.oomScoreAdj", 1001,
      "config.json: process.oomScoreAdj must be at most 1000, not 1001"),
     ("process.capabilities", {"bounding": ["CAP_KILL", "CAP_FLY"]},
@@ -277,6 +294,11 @@ BAD_INPUTS = [
     ("annotations", ["a"], 'config.json: annotations must be an object, not ["a"]'),
     ("linux.resources", {"memory": {"limit": "abc"}},
      'config.json: linux.resources.memory.limit must be an integer, not "abc"'),
+    ("linux.resources", {"memory": {"limit": 1}},
+     "config.json: linux.resources.memory.limit must be at least 16777216 (16 MiB), not 1"),
+    ("linux.resources", {"memory": {"limit": (16 << 20) - 1}},
+     "config.json: linux.resources.memory.limit must be at least 16777216 (16 MiB), "
+     "not 16777215"),
     ("linux.resources", {"memory": {"swappiness": 101}},
      "config.json: linux.resources.memory.swappiness must be at most 100, not 101"),
     ("linux.resources", {"cpu": {"quota": "50%"}},
@@ -411,8 +433,81 @@ def test_process_console_size_user_and_env_parse(bundle: Path) -> None:
 
 def test_host_only_cgroup_knobs_are_accepted_and_logged_as_ignored(
         bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
-    resources = {"memory": {"limit": 1024, "kernelTCP": 1}, "cpu": {"burst": 1}}
+    resources = {"memory": {"limit": 1 << 30, "kernelTCP": 1}, "cpu": {"burst": 1}}
     with caplog.at_level(logging.DEBUG, logger="kata_py.spec_reader"):
         parse_spec(patched("linux", {"resources": resources}), bundle)
     assert ("config.json: ignoring linux.resources.cpu.burst (no effect in a VM sandbox)"
             in caplog.messages)
+
+
+# --- what the guest could not run: refused before a VM boots ------------------
+
+def test_the_highest_uid_and_gids_below_the_unchanged_marker_are_accepted(
+        bundle: Path) -> None:
+    user = {"uid": 4294967294, "gid": 4294967294, "additionalGids": [4294967294]}
+    parsed = parse_spec(patched("process.user", user), bundle).process.user
+    assert (parsed.uid, parsed.gid, parsed.additional_gids) == (
+        4294967294, 4294967294, (4294967294,))
+
+
+def test_a_uid_of_minus_one_as_uid_t_is_refused_with_why(bundle: Path) -> None:
+    err = error_of(patched("process.user", {"uid": 4294967295}), bundle)
+    assert err.hint == ('use an id from 0 to 4294967294; 4294967295 is (uid_t)-1, which '
+                        'setresuid(2) takes as "leave the id unchanged"')
+
+
+@pytest.mark.parametrize("limit", [16 << 20, 0, -1, 1 << 40])
+def test_memory_limits_from_16_mib_and_no_limit_are_accepted(bundle: Path, limit: int) -> None:
+    spec = parse_spec(patched("linux", {"resources": {"memory": {"limit": limit}}}), bundle)
+    assert spec.linux.resources is not None and spec.linux.resources.memory is not None
+    assert spec.linux.resources.memory.limit == limit
+
+
+def test_a_too_small_memory_limit_names_the_minimum_and_the_way_out(bundle: Path) -> None:
+    err = error_of(patched("linux", {"resources": {"memory": {"limit": 1}}}), bundle)
+    assert str(err) == ("config.json: linux.resources.memory.limit must be at least 16777216 "
+                        "(16 MiB), not 1: kata-py builds each container with a Python launcher "
+                        "inside its memory cgroup; give it 16m or more, or -1 for no limit")
+
+
+def _env_of(total: int) -> list[str]:
+    """Environment strings that, with args ["sh"], take exactly `total` bytes of
+    execve's space (each string's bytes, its NUL and its 8-byte pointer)."""
+    left = total - len("sh") - 1 - 8
+    env = []
+    while left:
+        size = min(left, 100_000)
+        if 0 < left - size < 9:           # keep the last piece a whole string
+            size -= 9
+        env.append("x" * (size - 9))
+        left -= size
+    return env
+
+
+def test_args_and_env_that_fill_execve_space_exactly_are_accepted(bundle: Path) -> None:
+    env = _env_of(2 << 20)            # a quarter of the guest's 8 MiB stack rlimit
+    assert parse_spec(patched("process.env", env), bundle).process.env == tuple(env)
+
+
+def test_args_and_env_beyond_execve_space_are_refused_naming_both(bundle: Path) -> None:
+    err = error_of(patched("process.env", _env_of((2 << 20) + 1)), bundle)
+    assert str(err) == (
+        "config.json: process.args and process.env are 2097153 bytes together, more than the "
+        "2097152 execve(2) takes with RLIMIT_STACK 8388608: shorten them; Linux gives "
+        "arguments and environment a quarter of RLIMIT_STACK, at most 6 MiB, and fails execve "
+        "with E2BIG beyond it")
+
+
+def test_execve_space_follows_the_process_stack_rlimit_up_to_6_mib(bundle: Path) -> None:
+    doc = patched("process.env", _env_of(6 << 20))
+    doc["process"]["rlimits"] = [{"type": "RLIMIT_STACK", "soft": 2**64 - 1, "hard": 2**64 - 1}]
+    parse_spec(doc, bundle)
+    doc["process"]["env"] = _env_of((6 << 20) + 1)
+    assert error_of(doc, bundle).message == (
+        "config.json: process.args and process.env are 6291457 bytes together, more than the "
+        "6291456 execve(2) takes with RLIMIT_STACK 18446744073709551615")
+    doc["process"]["rlimits"] = [{"type": "RLIMIT_STACK", "soft": 1 << 19, "hard": 1 << 20}]
+    doc["process"]["env"] = _env_of((128 << 10) + 1)     # a quarter of 512 KiB is below ARG_MAX
+    assert error_of(doc, bundle).message == (
+        "config.json: process.args and process.env are 131073 bytes together, more than the "
+        "131072 execve(2) takes with RLIMIT_STACK 524288")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kata_py import translate
 from kata_py.agent import launch_config as lc
 from kata_py.agent import launcher, seccomp
 from kata_py.errors import ConfigError
 from kata_py.spec import Spec, parse_spec
 from kata_py.spec_default import default_spec
-from kata_py.translate import GUEST_SHARE, _seccomp, to_launch_config
+from kata_py.translate import GUEST_SHARE, _seccomp, check_size, to_launch_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "spec" / "podman.json"
 
@@ -137,3 +139,41 @@ def test_relative_bind_source_is_refused(tmp_path: Path) -> None:
                            "options": ["rbind"]})
     with pytest.raises(ConfigError, match=r"mounts\[\d+\].source 'rel' must be an absolute"):
         to_launch_config(_spec(tmp_path, data), "c7")
+
+
+def test_a_memory_limit_of_0_means_no_limit_in_the_guest_as_in_runc(tmp_path: Path) -> None:
+    data = default_spec()
+    data["linux"]["resources"] = {"memory": {"limit": 0}}
+    config, _ = to_launch_config(_spec(tmp_path, data), "c9")
+    assert config.cgroup is not None and config.cgroup.resources.memory_limit is None
+
+
+def test_a_description_over_the_agents_message_limit_is_refused_at_create(
+        tmp_path: Path) -> None:
+    data = default_spec()
+    data["annotations"] = {f"a{i}": "x" * (1 << 20) for i in range(17)}
+    with pytest.raises(ConfigError) as caught:
+        to_launch_config(_spec(tmp_path, data), "c10")
+    annotations = len(json.dumps(data["annotations"]))
+    assert re.fullmatch(r"config\.json: the launch description is \d+ bytes, more than the "
+                        rf"16711680 the agent accepts \(annotations: {annotations} bytes of it\)",
+                        caught.value.message), caught.value.message
+    assert caught.value.hint == "shrink annotations"
+
+
+def test_the_size_refusal_names_the_largest_part_and_the_exact_sizes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = default_spec()
+    data["process"]["env"] = [f"V{i}={'x' * 1000}" for i in range(10)]
+    data["annotations"] = {"a": "x" * 5000}
+    config, _ = to_launch_config(_spec(tmp_path, data), "c11")
+    size = len(lc.to_json(config).encode())
+    monkeypatch.setattr(translate, "DESCRIPTION_MAX_BYTES", size - 1)
+    with pytest.raises(ConfigError) as caught:
+        check_size(config, "exec")
+    env_bytes = len(json.dumps(data["process"]["env"]))
+    assert str(caught.value) == (f"exec: the launch description is {size} bytes, more than the "
+                                 f"{size - 1} the agent accepts (process.env: {env_bytes} "
+                                 "bytes of it): shrink process.env")
+    monkeypatch.setattr(translate, "DESCRIPTION_MAX_BYTES", size)
+    check_size(config, "exec")
