@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from kata_py.hypervisor.qemu import Accelerator
+from kata_py.private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def choose(mode: ProbeMode, qemu_binary: str, kernel: Path,
     if not ok:
         log.warning("KVM unusable (%s): using TCG software emulation, expect slower VMs", reason)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(cache.parent)
         # one per writer: two first creates at once each probe and write it
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"key": key, "accelerator": choice.accelerator,

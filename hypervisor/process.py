@@ -2,9 +2,9 @@
 pid *and* start time (so a reused pid is never signalled), liveness, and the
 stop ladder SIGTERM → SIGKILL → wait.
 
-The processes may be our children (started in this process) or not (a later
-`kata-py` invocation, or QEMU after `-daemonize`), so liveness reads /proc
-rather than relying on waitpid, and reaps when the process is our child.
+The processes may be our children (started in this process) or not (seen
+by a later `kata-py` invocation), so liveness reads /proc rather than
+relying on waitpid, and reaps when the process is our child.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# util-linux (Essential in Debian): prctl(PR_SET_PDEATHSIG), then exec.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 POLL_INTERVAL_S = 0.01
 PIDFD_WAIT_CAP_S = 0.2
 TERM_TIMEOUT_S = 2.0
@@ -130,30 +132,23 @@ def _reap(pid: int) -> None:
         pass
 
 
-def wait_child(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
-    """proc's exit status, waited for on a pidfd: Popen.wait(timeout) polls
-    with sleeps of up to 50 ms, which a daemonizing QEMU paid on every start.
-    Raises subprocess.TimeoutExpired (proc still running) after timeout_s."""
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        ready, _, _ = select.select([pidfd], [], [], timeout_s)
-    finally:
-        os.close(pidfd)
-    if not ready:
-        raise subprocess.TimeoutExpired(proc.args, timeout_s)
-    return proc.wait()
-
-
 def spawn_daemon(argv: list[str], log_path: Path, name: str,
                  pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen[bytes], ProcessRef]:
-    """Start a helper daemon in its own session, stdout/stderr to log_path.
+    """Start a helper daemon (QEMU, virtiofsd, the vsock backend) in its own
+    session, stdout/stderr to log_path, killed when the calling thread ends.
 
-    Own session: it must outlive a short-lived `kata-py` verb and must not get
-    the terminal's signals; the sandbox stops it explicitly.
+    Own session: it must not get the terminal's signals; the sandbox stops
+    it explicitly. Parent-death signal (SIGKILL, set by setpriv before it
+    execs the daemon: no preexec_fn, which is unsafe once threads run): when
+    the process that owns the sandbox dies, even by SIGKILL, its VM and
+    daemons go with it instead of running on unseen by `state` and `delete`.
+    The kernel ties it to the *thread* that forks, so a sandbox must be
+    started from a thread that outlives it (the shim's main thread).
     """
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, pass_fds=pass_fds, close_fds=True)
+        proc = subprocess.Popen([*DIE_WITH_PARENT, *argv], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, start_new_session=True,
+                                pass_fds=pass_fds, close_fds=True)
     log.debug("started %s pid %d: %s", name, proc.pid, " ".join(argv))
     try:
         return proc, ProcessRef.of(proc.pid, name)

@@ -2,10 +2,12 @@
 
 The argv is assembled from one small function per device/option group so
 each can be unit-tested against golden output (tests/unit/test_qemu_argv.py).
-QEMU is started with `-daemonize -pidfile`: it outlives the short-lived
-`kata-py` verb that launched it and the parent exits only once every device
+QEMU is the child of the process that starts the sandbox (the shim) and
+dies with it (PR_SET_PDEATHSIG, process.py): a VM never outlives the
+monitor that `state` and `delete` know it by. Launch returns once QEMU
+answers a QMP command, which its main loop only does after every device
 (vhost-user sockets included) is initialised, so launch errors surface as
-a non-zero exit with the reason in the per-sandbox log. NICs are taps that
+QEMU's exit with the reason in the per-sandbox log. NICs are taps that
 kata_py/network.py opened in the container's network namespace; QEMU gets
 them as inherited fds (`-netdev tap,fd=N`), never by name.
 
@@ -20,14 +22,16 @@ RAM that the back-ends can map, so memory is a shared memfd backend.
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from kata_py.errors import LOGS_HINT, HypervisorError
-from kata_py.hypervisor.process import ProcessRef, log_tail, wait_child
+from kata_py.hypervisor.process import ProcessRef, log_tail, spawn_daemon
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +40,7 @@ Machine = Literal["microvm", "q35"]
 Accelerator = Literal["kvm", "tcg"]
 
 LAUNCH_TIMEOUT_S = 30.0
+LAUNCH_POLL_S = 0.005
 QMP_TIMEOUT_S = 5.0
 QUIT_WAIT_S = 3.0
 VIRTIOFS_TAG = "kataShared"
@@ -194,7 +199,7 @@ def net_args(cfg: VmConfig) -> list[str]:
 
 
 def daemon_args(cfg: VmConfig) -> list[str]:
-    return ["-daemonize", "-pidfile", str(cfg.pidfile)]
+    return ["-pidfile", str(cfg.pidfile)]     # for operators: the sandbox's QEMU
 
 
 def build_argv(cfg: VmConfig) -> list[str]:
@@ -210,42 +215,63 @@ def build_argv(cfg: VmConfig) -> list[str]:
 
 
 def launch(cfg: VmConfig, log_path: Path) -> ProcessRef:
-    """Start QEMU detached; returns once its devices are up (or raises)."""
+    """Start QEMU as our child, in a session of its own, dying with the
+    calling thread (process.spawn_daemon); returns once its devices are up
+    (its main loop answers QMP), or raises with the reason from its log."""
     argv = build_argv(cfg)
     log.debug("qemu argv: %s", " ".join(argv))
-    with open(log_path, "ab") as out:
-        try:
-            # pass_fds: the NICs' tap fds (and a saved state), which the
-            # daemonized QEMU keeps.
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    pass_fds=cfg.pass_fds())
-            try:
-                rc = wait_child(proc, LAUNCH_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise
-        except FileNotFoundError as exc:
-            raise HypervisorError(f"QEMU binary {cfg.binary!r} not found",
-                                  "install qemu-system-x86 or set [hypervisor] path",
-                                  argv=argv) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise HypervisorError(f"QEMU for {cfg.name} did not finish starting in "
-                                  f"{LAUNCH_TIMEOUT_S:.0f}s", LOGS_HINT,
-                                  argv=argv, log_tail=log_tail(log_path)) from exc
-    if rc != 0:
+    try:
+        # pass_fds: the NICs' tap fds (and a saved state)
+        proc, ref = spawn_daemon(argv, log_path, "qemu", pass_fds=tuple(cfg.pass_fds()))
+    except FileNotFoundError as exc:
+        raise HypervisorError(f"QEMU binary {cfg.binary!r} not found",
+                              "install qemu-system-x86 or set [hypervisor] path",
+                              argv=argv) from exc
+    try:
+        _await_main_loop(cfg.qmp_socket, proc, LAUNCH_TIMEOUT_S)
+    except TimeoutError as exc:
+        ref.stop()
+        raise HypervisorError(f"QEMU for {cfg.name} did not finish starting in "
+                              f"{LAUNCH_TIMEOUT_S:.0f}s", LOGS_HINT,
+                              argv=argv, log_tail=log_tail(log_path)) from exc
+    except ProcessLookupError as exc:
+        rc = proc.wait()
         tail = log_tail(log_path, 3)
         reason = tail.splitlines()[-1] if tail else f"exit code {rc}"
         raise HypervisorError(f"QEMU for {cfg.name} failed to start: {reason}",
-                              LOGS_HINT, argv=argv, log_tail=tail,
-                              exit_code=rc)
-    pid = int(cfg.pidfile.read_text().strip())
-    try:
-        return ProcessRef.of(pid, "qemu")
-    except ProcessLookupError as exc:
-        raise HypervisorError(f"QEMU for {cfg.name} exited right after starting",
-                              LOGS_HINT, argv=argv,
-                              log_tail=log_tail(log_path)) from exc
+                              LOGS_HINT, argv=argv, log_tail=tail, exit_code=rc) from exc
+    return ref
+
+
+def _await_main_loop(qmp_socket: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait until QEMU runs its main loop: it answers `qmp_capabilities`
+    (the greeting may come from the monitor's own thread, the reply only
+    from the main loop, after machine and device init). A raw socket, not
+    qemu.qmp: no asyncio import on the path of every sandbox start.
+    ProcessLookupError: QEMU exited; TimeoutError: neither in timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise ProcessLookupError(proc.pid)
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(str(qmp_socket))
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            stream = sock.makefile("rwb")
+            if stream.readline():               # the greeting
+                stream.write(b'{"execute": "qmp_capabilities"}\n')
+                stream.flush()
+                if b'"return"' in stream.readline():
+                    return
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass                                # its socket is not listening yet
+        except OSError:
+            pass                                # reset or timed out: look again
+        finally:
+            sock.close()
+        time.sleep(LAUNCH_POLL_S)
 
 
 def qmp_session(socket_path: Path, script: Callable[[Any], Awaitable[T]], what: str,

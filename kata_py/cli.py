@@ -26,6 +26,8 @@ F = TypeVar("F", bound=Any)
 
 
 class Context:
+    caller_umask = 0o022    # the caller's, before main() made ours 077 (private.py)
+
     def __init__(self, root: str | None, config: str | None, debug: bool) -> None:
         self.root = root
         self.config_path = config
@@ -60,6 +62,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps({"level": record.levelname.lower(), "msg": msg, "time": when})
 
 
+def _tag_warnings(record: logging.LogRecord) -> bool:
+    """A text log's warnings read `kata-py: warning: …`, apart from errors."""
+    setattr(record, "tag", "warning: " if record.levelno == logging.WARNING else "")  # noqa: B010
+    return True
+
+
 def _setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING
     handler: logging.Handler = (logging.FileHandler(log_file) if log_file
@@ -67,8 +75,10 @@ def _setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
+        handler.addFilter(_tag_warnings)
         handler.setFormatter(logging.Formatter(
-            "kata-py: %(levelname)s %(name)s: %(message)s" if debug else "kata-py: %(message)s"))
+            "kata-py: %(levelname)s %(name)s: %(message)s" if debug
+            else "kata-py: %(tag)s%(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
@@ -142,6 +152,7 @@ def check(obj: Context, boot: bool) -> None:
 def spec(bundle: str, rootless: bool) -> None:
     """Write a default config.json (the one `runc spec` writes)."""
     import json
+    import os
     from pathlib import Path
 
     from kata_py.spec_default import default_spec
@@ -150,7 +161,11 @@ def spec(bundle: str, rootless: bool) -> None:
     if path.exists():
         raise KataError(f"{path} already exists", "remove it first")
     try:
-        path.write_text(json.dumps(default_spec(rootless), indent="\t") + "\n")
+        # The caller's file, with the caller's umask (runc's 0666 & ~umask), not ours.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o666 & ~Context.caller_umask)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(default_spec(rootless), indent="\t") + "\n")
     except OSError as exc:
         raise KataError(f"cannot write {path}: {exc.strerror}",
                         "check that the bundle directory exists") from exc
@@ -462,6 +477,11 @@ def list_(obj: Context, fmt: str, quiet: bool) -> None:
 
 
 def main() -> None:
+    from kata_py.private import restrict_umask
+
+    umask = restrict_umask()
+    fast = getattr(sys.modules.get("kata_py.fastcli"), "CALLER_UMASK", None)
+    Context.caller_umask = umask if fast is None else fast
     debug = "--debug" in sys.argv[1:]
     try:
         cli.main(standalone_mode=False)

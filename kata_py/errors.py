@@ -44,6 +44,10 @@ class StateError(KataError):
     pass
 
 
+class CorruptStateError(StateError):
+    """A container's state.json cannot be read; `delete --force` removes it."""
+
+
 class ImageError(KataError):
     pass
 

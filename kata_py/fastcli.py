@@ -101,7 +101,8 @@ def oci_state(raw: dict[str, object]) -> dict[str, object]:
     """The OCI state object of a stored state.json (kata_py.state.ContainerState.oci)."""
     status = raw["status"]
     pid = raw["pid"]
-    if status in LIVE and not (pid and _alive(pid, raw["pid_start_time"])):  # type: ignore[arg-type]
+    if (status in LIVE or status == "creating") and not (
+            pid and _alive(pid, raw["pid_start_time"])):  # type: ignore[arg-type]
         status = "stopped"
     out: dict[str, object] = {"ociVersion": OCI_VERSION, "id": raw["id"], "status": status,
                            "bundle": raw["bundle"], "pid": pid if status in LIVE else 0,
@@ -191,18 +192,6 @@ def _ask_shim(path: str) -> bool:
     return reply.strip() == b"ok"
 
 
-def _save(directory: str, raw: dict[str, object]) -> None:
-    """StateStore.save: json.dumps(indent=1), fsync'd, renamed into place."""
-    tmp = os.path.join(directory, f".{STATE_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, dumps(raw, indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, os.path.join(directory, STATE_FILE))
-
-
 def fast_start(argv: list[str]) -> bool:
     """True when `start ID` was done here; False: the full CLI must do it."""
     request = _state_request(argv, "start")
@@ -226,16 +215,19 @@ def fast_start(argv: list[str]) -> bool:
                 or not isinstance(raw.get("bundle"), str) or _has_poststart(raw["bundle"])
                 or not _ask_shim(socket_path)):
             return False
-        raw["status"] = "running"
-        _save(directory, raw)
-        return True
+        return True         # the shim has recorded it (shim.Shim._start)
     except (OSError, ValueError):
         return False
     finally:
         os.close(lock)
 
 
+CALLER_UMASK: int | None = None   # for the full CLI's `spec`, which writes the caller's file
+
+
 def main() -> None:
+    global CALLER_UMASK
+    CALLER_UMASK = os.umask(0o077)  # kata_py/private.py: everything we create is root's alone
     out = fast_state(sys.argv[1:])
     if out is not None:
         sys.stdout.write(out + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 from pathlib import Path
 
@@ -37,8 +38,26 @@ def _check(rc: int, what: str) -> None:
                             "kata-py must run as root on the host")
 
 
+# Every bind in the share: the guest can write through it (a setuid-root
+# binary, a device node), and nothing on the host needs to exec or open
+# devices there, so the host path must not honour either.
+SHARE_MOUNT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+# mount_setattr(2) (Linux 5.12): the per-mount flags of a whole bind tree at once.
+SYS_MOUNT_SETATTR = 442
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR = {MS_RDONLY: 0x1, MS_NOSUID: 0x2, MS_NODEV: 0x4, MS_NOEXEC: 0x8}
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
 def bind(source: Path, target: Path, readonly: bool = False) -> None:
-    """Recursively bind source (a directory or a file) onto target (created)."""
+    """Recursively bind source (a directory or a file) onto target (created),
+    nosuid, nodev and noexec on the host (SHARE_MOUNT_FLAGS), read-only if asked,
+    submounts included."""
     if source.is_dir():
         target.mkdir(parents=True, exist_ok=True)
     else:
@@ -49,10 +68,40 @@ def bind(source: Path, target: Path, readonly: bool = False) -> None:
         target.touch(exist_ok=True)
     _check(_libc.mount(str(source).encode(), str(target).encode(), None,
                        MS_BIND | MS_REC, None), f"bind mount {source} on {target}")
-    if readonly:
-        _check(_libc.mount(None, str(target).encode(), None,
-                           MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC, None),
-               f"read-only remount of {target}")
+    flags = SHARE_MOUNT_FLAGS | (MS_RDONLY if readonly else 0)
+    try:
+        restrict(target, flags)
+    except ResourceError:
+        _libc.umount2(str(target).encode(), MNT_DETACH)
+        raise
+
+
+def restrict(target: Path, flags: int) -> None:
+    """Add `flags` (MS_RDONLY/NOSUID/NODEV/NOEXEC) to the mount at target and
+    every mount below it."""
+    attr = _MountAttr(sum(MOUNT_ATTR[f] for f in MOUNT_ATTR if flags & f), 0, 0, 0)
+    rc = _libc.syscall(SYS_MOUNT_SETATTR, -100, str(target).encode(), AT_RECURSIVE,
+                       ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc == 0:
+        return
+    if ctypes.get_errno() != errno.ENOSYS:
+        _check(rc, f"restricting the bind mount {target}")
+    # An older kernel: a bind remount changes one mount's flags, so each in turn.
+    # MS_REMOUNT keeps the flags it is not given only for the locked ones:
+    # pass what the mount already has too.
+    for point in reversed(mounts_below(target)):
+        have = _mount_flags(point)
+        _check(_libc.mount(None, str(point).encode(), None,
+                           MS_BIND | MS_REMOUNT | have | flags, None),
+               f"restricting the bind mount {point}")
+
+
+def _mount_flags(point: Path) -> int:
+    """The MS_ flags of the mount at point, as statvfs(3) reports them."""
+    have = os.statvfs(point).f_flag
+    return sum(ms for st, ms in ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID),
+                                 (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC))
+               if have & st)
 
 
 def mount(source: str, target: Path, fstype: str, flags: int, data: str) -> None:

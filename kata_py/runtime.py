@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kata_py import host_cgroup
-from kata_py.errors import ConfigError, KataError, NotFoundError, StateError
+from kata_py.errors import ConfigError, CorruptStateError, KataError, NotFoundError, StateError
 from kata_py.hypervisor.process import ProcessRef
 from kata_py.state import SHIM_FILE, ContainerState, StateStore, Status, now_rfc3339
 
@@ -64,8 +64,10 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
     except ValueError as exc:
         raise ConfigError(f"config.json: linux.{exc}", "fix linux.cgroupsPath") from exc
     st = store(root)
+    me = ProcessRef.of(os.getpid(), "create")     # until the holder exists (shim.Shim.setup)
     st.create(ContainerState(id=cid, bundle=str(bundle), rootfs=str(spec.root.path),
-                             status="creating", created=now_rfc3339(),
+                             status="creating", created=now_rfc3339(), pid=me.pid,
+                             pid_start_time=me.start_time,
                              annotations=dict(spec.annotations), sandbox_id=cid,
                              host_cgroup=cgroup_path))
     extra = ["--debug"] if debug else []
@@ -133,6 +135,9 @@ def _agent(root: Path, cid: str, config_path: str | None):  # type: ignore[no-un
     if sb.agent is None:
         raise StateError(f"container {cid} has no running sandbox",
                          f"delete it with `kata-py delete --force {cid}`")
+    if sb.dead_process() is not None:     # fail now, not after the agent's dial timeout
+        raise StateError(f"container {cid}: {sb.gone_reason()}",
+                         f"its shim is stopping it; then `kata-py delete {cid}`")
     return sb.agent
 
 
@@ -145,12 +150,13 @@ def start(root: Path, cid: str, config_path: str | None) -> None:
         if state.status != "created":
             raise StateError(f"container {cid} is {state.status}, not created",
                              "only a created container can be started")
-        # The shim starts it over its own connection to the agent; without
-        # one listening (its socket path too long, say), ask the agent here.
+        # The shim starts it over its own connection to the agent, and
+        # records it; without one listening (its socket path too long, say),
+        # ask the agent here.
+        state = dataclasses.replace(state, status="running")
         if not request_start(root / "containers" / cid / START_SOCKET):
             _agent(root, cid, config_path).start_container(cid)
-        state = dataclasses.replace(state, status="running")
-        st.save(state)
+            st.save(state)
     if _has_hooks(Path(state.bundle), "poststart"):
         from kata_py.hooks import run_hooks
         from kata_py.spec import load_spec
@@ -189,8 +195,8 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     import secrets
 
     from kata_py.agent import launch_config as lc
-    from kata_py.spec import load_spec, parse_spec
-    from kata_py.translate import launch_process
+    from kata_py.spec import ID_HINT, ID_MAX, check_execve_space, load_spec, parse_spec
+    from kata_py.translate import check_size, launch_process
 
     state = store(root).load(cid)
     if state.status != "running":
@@ -217,14 +223,19 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
         uid, _, gid = user.partition(":")
         if not uid.isdigit() or (gid and not gid.isdigit()):
             raise StateError(f"invalid --user {user!r}", "use uid[:gid] in numbers")
+        if max(int(uid), int(gid or 0)) > ID_MAX:
+            raise ConfigError(f"exec --user {user}: an id must be at most {ID_MAX}", ID_HINT)
         process = dataclasses.replace(process, user=dataclasses.replace(
             process.user, uid=int(uid), gid=int(gid) if gid else process.user.gid))
+    check_execve_space(process.args, process.env, process.rlimits,
+                       lambda key: f"process.{key}", "exec")
     if process.terminal and not (detach and console_socket is not None):
         raise KataError("exec with a terminal needs --detach and --console-socket",
                         "pass both (as conmon does), or run without -t")
     exec_id = secrets.token_hex(6)
     config = lc.LaunchConfig(container_id=cid, rootfs="/", process=launch_process(process),
                              fds=lc.Fds(sync=3, start=4))
+    check_size(config, "exec")
     agent = _agent(root, cid, config_path)
     agent.exec_process(cid, exec_id, lc.to_json(config).encode())
     if detach:
@@ -302,10 +313,11 @@ def _spawn_shim(root: Path, cid: str, config_path: str | None, *extra: str,
         if fork:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
+            creator = os.getpid()
             pid = os.fork()
             if pid == 0:
                 os.close(read_fd)
-                _become_shim(argv, write_fd)
+                _become_shim(argv, write_fd, creator)
             shim = ForkedShim(pid)
         else:
             # -P: never the current directory first on sys.path (a checkout's
@@ -317,10 +329,11 @@ def _spawn_shim(root: Path, cid: str, config_path: str | None, *extra: str,
     return (shim, *_read_notify(read_fd, CREATE_TIMEOUT_S))
 
 
-def _become_shim(argv: list[str], notify_fd: int) -> None:
+def _become_shim(argv: list[str], notify_fd: int, creator: int) -> None:
     """In the forked child: drop what the CLI had open, become the
     container's holder (holder.py: the pid in the pid file) and run the
-    shim in the holder's child; exit."""
+    shim in the holder's child, which aborts the create should `creator`
+    (this create) die first; exit."""
     code = 1
     try:
         root_logger = logging.getLogger()
@@ -336,9 +349,12 @@ def _become_shim(argv: list[str], notify_fd: int) -> None:
                     pass
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
+        creator_fd = os.pidfd_open(creator)
+        if os.getppid() != creator:        # create died before the pidfd was opened
+            return
         from kata_py import holder, shim
         link = holder.split(notify_fd)     # this process becomes the holder; its child goes on
-        code = shim.main([*argv, "--holder-fd", str(link)])
+        code = shim.main([*argv, "--holder-fd", str(link), "--creator-fd", str(creator_fd)])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - a child must never return into the CLI
@@ -369,6 +385,8 @@ RESOURCE_FIELDS = {   # OCI linux.resources path -> launch_config.Resources fiel
 
 def resources_update(oci: dict[str, Any]) -> dict[str, Any]:
     """OCI linux.resources JSON (runc update --resources) → the guest's fields."""
+    from kata_py.spec_linux import MEMORY_LIMIT_HINT, memory_limit_problem
+
     out: dict[str, Any] = {}
     for (group, key), field_name in RESOURCE_FIELDS.items():
         section = oci.get(group) or {}
@@ -380,6 +398,9 @@ def resources_update(oci: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, want) or isinstance(value, bool):
                 raise KataError(f"resources.{group}.{key} must be a {want.__name__}",
                                 "fix the resources JSON")
+            problem = memory_limit_problem(value) if isinstance(value, int) else ""
+            if field_name == "memory_limit" and problem:
+                raise ConfigError(f"resources.memory.limit {problem}", MEMORY_LIMIT_HINT)
             out[field_name] = value
     return out
 
@@ -388,6 +409,13 @@ def update(root: Path, cid: str, changes: dict[str, Any], config_path: str | Non
     """Change the container's cgroup limits in the guest (the VM keeps its size)."""
     import json
 
+    from kata_py.spec_linux import MEMORY_LIMIT_HINT, memory_limit_problem
+
+    limit = changes.get("memory_limit")
+    if limit == 0:                      # runc: a memory limit of 0 leaves it as it is
+        changes = {k: v for k, v in changes.items() if k != "memory_limit"}
+    elif isinstance(limit, int) and memory_limit_problem(limit):
+        raise ConfigError(f"memory limit {memory_limit_problem(limit)}", MEMORY_LIMIT_HINT)
     state = store(root).load(cid)
     if state.status not in ("created", "running", "paused"):
         raise StateError(f"container {cid} is {state.status}", "only a live container can be "
@@ -464,7 +492,9 @@ def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:
                 raise StateError(f"container {cid} is {state.status}",
                                  "stop it first, or use `kata-py delete --force`")
             destroy(root, cid, config_path, run_poststop=True)
-    except NotFoundError:
+    except (NotFoundError, CorruptStateError):
+        # --force: a container that does not exist, or whose record is
+        # corrupt (destroy finds its shims and sandbox without it), goes too.
         if not force:
             raise
         destroy(root, cid, config_path)
@@ -525,12 +555,12 @@ def _shims(root: Path, cid: str, state: ContainerState | None) -> list[ProcessRe
     paths = [directory / SHIM_FILE, *sorted(directory.glob("exec-*.json"))]
     for path in paths if directory.exists() else ():
         try:
-            ref = ProcessRef.from_json(json.loads(path.read_text()))
+            found.append(ProcessRef.from_json(json.loads(path.read_text())))
         except (OSError, ValueError, KeyError):
             continue
-        if ref.pid != os.getpid():      # a shim tearing down its own failed create
-            found.append(ref)
-    return found
+    # Not ourselves: a create (or its shim) tearing down its own failed
+    # create; nor the holder of such a shim, which exits with it.
+    return [ref for ref in found if ref.pid not in (os.getpid(), os.getppid())]
 
 
 def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,

@@ -25,7 +25,9 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +48,7 @@ from kata_py.hypervisor.vsock.transport import (
     select_transport,
 )
 from kata_py.image import GuestImage, load_image
+from kata_py.private import private_dir
 
 if TYPE_CHECKING:
     from kata_py.agent_client import AgentClient
@@ -57,6 +60,8 @@ log = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UNIX_PATH_MAX = 107
 DAEMON_EXIT_WAIT_S = 1.0
+WATCH_SLICE_S = 1.0        # watch(): a pid reused before its pidfd was opened is seen by then
+BLAME_WAIT_S = 0.5         # _lose(): QEMU exiting anyway, after a daemon it dropped
 STATE_FILE = "sandbox.json"
 
 
@@ -158,6 +163,8 @@ class Sandbox:
         self.netns = netns
         self.network: network.SandboxNetwork | None = None
         self.template: Template | None = None   # the VM template it was restored from
+        self.lost: ProcessRef | None = None     # the process whose death ended it (watch())
+        self._stopping = threading.Event()
 
     # -- start ---------------------------------------------------------------
 
@@ -174,8 +181,9 @@ class Sandbox:
                               image.kernel, Path(self.cfg.state_dir))
         self.accelerator = choice.accelerator
         self._check_socket_paths()
+        private_dir(self.dir.parent)
         try:
-            self.dir.mkdir(parents=True)
+            self.dir.mkdir(mode=0o700)
         except FileExistsError as exc:
             raise ExistsError(f"sandbox {self.id} already exists in {self.dir}",
                               "pick another id or stop the existing sandbox") from exc
@@ -347,16 +355,73 @@ class Sandbox:
             if tail:
                 log.info("sandbox %s %s; %s ends with:\n%s", self.id, what, name, tail)
 
+    def watch(self) -> None:
+        """Until stop(): should QEMU, virtiofsd or the vsock backend die on its
+        own, the sandbox is lost: record which (`lost`, for gone_reason) and
+        kill QEMU, so that everything waiting on the guest fails at once
+        instead of hanging on a dead share or vsock device (a guest `sync`
+        on a virtio-fs without its daemon never returns)."""
+        watched: dict[int, ProcessRef] = {}
+        for ref in [self.vm, *self.daemons]:
+            if ref is None:
+                continue
+            try:
+                watched[os.pidfd_open(ref.pid)] = ref
+            except OSError:
+                watched[-1 - len(watched)] = ref       # gone already: seen at once below
+        threading.Thread(target=self._watch, args=(watched,), name="watch",
+                         daemon=True).start()
+
+    def _watch(self, watched: dict[int, ProcessRef]) -> None:
+        try:
+            while not self._stopping.is_set():
+                dead = [ref for ref in watched.values() if not ref.alive()]
+                if dead:
+                    self._lose(dead[0])
+                    return
+                select.select([fd for fd in watched if fd >= 0], [], [], WATCH_SLICE_S)
+        finally:
+            for fd in watched:
+                if fd >= 0:
+                    os.close(fd)
+
+    def _lose(self, ref: ProcessRef) -> None:
+        # A VM on its way out (a guest panic, say) drops its vhost-user
+        # daemons before its own exit: a daemon only is the cause if QEMU
+        # is still running a moment later.
+        if ref is not self.vm and self.vm is not None and self.vm.wait(BLAME_WAIT_S):
+            ref = self.vm
+        if self._stopping.is_set():
+            return
+        self.lost = ref
+        log.error("sandbox %s: %s (pid %d) exited unexpectedly; stopping its VM", self.id,
+                  ref.name, ref.pid)
+        if self.vm is not None and ref is not self.vm:
+            self.vm.signal(signal.SIGKILL)
+
+    def dead_process(self) -> ProcessRef | None:
+        """QEMU or a daemon of this sandbox that is no longer running, if any."""
+        return next((ref for ref in [self.vm, *self.daemons] if ref is not None
+                     and not ref.alive()), None)
+
     def gone_reason(self) -> str:
-        """Why the agent stopped answering a running sandbox: its VM ended, or not."""
+        """Why the agent stopped answering a running sandbox: its VM or one of
+        its daemons ended (with the guest's panic line, if it panicked), or not."""
+        ref = self.lost or self.dead_process()
+        if ref is not None and ref is not self.vm and ref.name != "qemu":
+            return f"its {ref.name} (pid {ref.pid}) exited unexpectedly"
         if self.vm is not None and not self.vm.alive():
             return self._with_console_reason(
                 f"its VM (QEMU pid {self.vm.pid}) exited unexpectedly")
         return "its agent stopped answering"
 
     def _with_console_reason(self, message: str) -> str:
-        """message plus the guest's last words, unless that is the agent's ready line."""
-        tail = [ln for ln in log_tail(self.console_log, 20).splitlines() if ln.strip()]
+        """message plus the guest's last words, unless that is the agent's ready
+        line; a kernel panic's own line rather than the trace that follows it."""
+        tail = [ln for ln in log_tail(self.console_log, 60).splitlines() if ln.strip()]
+        panic = [ln for ln in tail if "Kernel panic" in ln]
+        if panic:
+            return f"{message}: the guest kernel panicked (console: {panic[0].strip()})"
         if not tail or tail[-1].startswith(READY_LINE):
             return message
         return f"{message} (console: {tail[-1].strip()})"
@@ -368,6 +433,7 @@ class Sandbox:
         `guest_flushed`: nothing in the guest is left to write to the share
         (its only container has exited and the agent synced), so QEMU is
         ended without asking the agent first."""
+        self._stopping.set()
         if self.agent is not None:
             if self.vm is not None and self.vm.alive() and not guest_flushed:
                 try:

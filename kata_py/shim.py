@@ -26,6 +26,7 @@ import fcntl
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import termios
@@ -42,8 +43,9 @@ from kata_py.console import get_winsize, open_pty, send_console, set_winsize
 from kata_py.errors import KataError
 from kata_py.holder import Bind, HolderLink
 from kata_py.hooks import run_hooks
-from kata_py.hypervisor.process import ProcessRef, log_tail, read_start_time
+from kata_py.hypervisor.process import ProcessRef, log_tail
 from kata_py.network import netns_path
+from kata_py.private import restrict_umask
 from kata_py.procview import ProcView
 from kata_py.sandbox import Sandbox
 from kata_py.sizing import vm_size
@@ -64,6 +66,7 @@ WAIT_SLICE_S = 60.0
 DRAIN_WAIT_S = 10.0
 READ_MAX_BYTES = 1 << 20   # per ReadStdout/ReadStderr: fewer round trips through the VM
 AGENT_GONE_EXIT = 255
+ABORTING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STATS_TIMEOUT_S = 5.0       # a reader of the stats or /proc view waits at most this for the guest
 FAILED_LOG_LINES = 80       # of shim.log (with the sandbox's log tails) after a failed create
 
@@ -210,6 +213,12 @@ class Shim:
         me = ProcessRef.of(os.getpid(), "vm shim")
         if self.holder is not None:     # delete finds us here; the pid file has the holder
             (self.store.root / self.cid / SHIM_FILE).write_text(json.dumps(me.to_json()))
+            # From now on the holder is the container's process for `state`
+            # and `delete` (it was create's own pid): this shim, and with it
+            # the VM, dies with the holder.
+            holder = ProcessRef.of(self.holder.pid, "holder")
+            state = dataclasses.replace(state, pid=holder.pid, pid_start_time=holder.start_time)
+            self.store.save(state)
         host_cgroup.join(state.host_cgroup)   # QEMU and the daemons inherit it
         spec = load_spec(Path(state.bundle))
         launch, shares = to_launch_config(spec, self.cid, state.bundle)
@@ -220,6 +229,7 @@ class Shim:
             self.cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
         self.sandbox = Sandbox(self.cid, self.cfg, netns=netns_path(spec))
         boot = self.sandbox.start()
+        self.sandbox.watch()        # a dead QEMU or daemon ends the container (and its VM)
         t_shares = time.monotonic()
         for item in shares:
             self.sandbox.share(item)
@@ -230,9 +240,9 @@ class Shim:
         self.sandbox.agent.create_container(self.cid, launch_config.to_json(launch).encode())
         log.info("container %s created: sandbox %.2fs, shares %.3fs, CreateContainer %.2fs",
                  self.cid, boot.total_s, t_create - t_shares, time.monotonic() - t_create)
-        pid = self.holder.pid if self.holder is not None else me.pid
-        state = dataclasses.replace(state, status="created", pid=pid,
-                                    pid_start_time=read_start_time(pid) or 0)
+        if self.holder is None:
+            state = dataclasses.replace(state, pid=me.pid, pid_start_time=me.start_time)
+        state = dataclasses.replace(state, status="created")
         if self.holder is not None:
             self._enter_holder(spec, state)
         if spec.process.terminal:
@@ -262,6 +272,10 @@ class Shim:
             if rows and cols:
                 self.sandbox.agent.resize_tty(self.cid, rows, cols)
         self.sandbox.agent.start_container(self.cid)
+        # The state says so before `start` hears back: a start killed half
+        # way leaves a true "running" (a retry is refused, as runc's is, and
+        # exec works). No lock: the start that asked us holds it.
+        self.store.save(dataclasses.replace(self.store.load(self.cid), status="running"))
 
     def _enter_holder(self, spec: Spec, state: ContainerState) -> None:
         """The holder's mount namespace becomes the container's stand-in
@@ -367,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="relay an already started exec'd process (exec -d)")
     parser.add_argument("--holder-fd", default=None, type=int,
                         help="the link to the pid-file process (holder.py)")
+    parser.add_argument("--creator-fd", default=None, type=int,
+                        help="a pidfd of `kata-py create`: abort if it dies first")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
+    restrict_umask()    # also when started as python -m kata_py.shim
     log_path = args.root / "containers" / args.id / "shim.log"
     logging.basicConfig(filename=log_path, level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
@@ -381,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     if echo is not None:
         echo.setFormatter(logging.Formatter("kata-py shim: %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(echo)
+    created = threading.Event()
+    _abort_on_signals()
+    if args.creator_fd is not None:
+        _watch_creator(args.creator_fd, created)
     try:
         link = HolderLink(args.holder_fd) if args.holder_fd is not None else None
         shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot, link)
@@ -393,8 +414,41 @@ def main(argv: list[str] | None = None) -> int:
         return _fail_create(args, log_path, f"internal error: {type(exc).__name__}: {exc}")
     if echo is not None:
         logging.getLogger().removeHandler(echo)   # stderr is the container's from here on
+    created.set()
+    for sig in ABORTING_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)        # serve() forwards them to the container
     _notify(args.notify_fd, f"ok {os.getppid() if link is not None else os.getpid()}")
     return shim.serve()
+
+
+class CreateAborted(KataError):
+    """A signal, or the death of `kata-py create`, ended the create half way."""
+
+
+def _abort_on_signals() -> None:
+    """Until the container is created, SIGTERM/SIGINT/SIGHUP (sent to us, or
+    forwarded by the holder) abort the create: the exception unwinds through
+    the sandbox's start, and main tears down what was built. Once only: a
+    second signal must not interrupt that teardown."""
+    def abort(signum: int, frame: FrameType | None) -> None:
+        for sig in ABORTING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise CreateAborted(f"create aborted by signal {signal.Signals(signum).name}",
+                            "nothing of the container was kept")
+    for sig in ABORTING_SIGNALS:
+        signal.signal(sig, abort)
+
+
+def _watch_creator(pidfd: int, created: threading.Event) -> None:
+    """runc's create dies with its caller; ours has handed the work to this
+    shim, so abort it ourselves if `kata-py create` dies before we answer."""
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os.close(pidfd)
+        if not created.is_set():
+            log.error("kata-py create (the caller) died before the container was created")
+            os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="creator", daemon=True).start()
 
 
 def _serve_exec(root: Path, cid: str, exec_id: str, config_path: str | None,

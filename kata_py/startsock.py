@@ -78,13 +78,14 @@ class StartListener:
             return
 
     def close(self) -> None:
-        if self.sock is not None:
+        """Idempotent; the serving thread and the shim may both call it."""
+        sock, self.sock = self.sock, None
+        if sock is not None:
             try:
                 self.path.unlink()
             except OSError:
                 pass
-            self.sock.close()
-            self.sock = None
+            sock.close()
 
 
 def request_start(path: Path) -> bool:

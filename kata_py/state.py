@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -24,8 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from kata_py.errors import ConfigError, ExistsError, NotFoundError, StateError
+from kata_py.errors import (
+    ConfigError,
+    CorruptStateError,
+    ExistsError,
+    NotFoundError,
+    StateError,
+)
 from kata_py.hypervisor.process import ProcessRef
+from kata_py.private import private_dir
 
 OCI_VERSION = "1.2.0"
 STATE_FILE = "state.json"
@@ -33,6 +41,8 @@ LOCK_FILE = ".lock"
 SHIM_FILE = "shim.json"      # the container's shim, when its holder has the pid (holder.py)
 # runc's rule, plus a length cap that keeps socket paths below the root short.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_+.-]{1,64}$")
+
+log = logging.getLogger(__name__)
 
 Status = Literal["creating", "created", "running", "paused", "stopped"]
 
@@ -75,6 +85,17 @@ class ContainerState:
         return out
 
 
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": str, "bundle": str, "rootfs": str, "status": str, "created": str, "pid": int,
+    "pid_start_time": int, "annotations": dict, "owner": str, "sandbox_id": str,
+    "exit_code": (int, type(None)), "host_cgroup": str}
+
+
+def _corrupt(container_id: str, path: Path, why: str) -> CorruptStateError:
+    return CorruptStateError(f"state of container {container_id} in {path} is corrupt ({why})",
+                      f"remove it with `kata-py delete --force {container_id}`")
+
+
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -105,7 +126,8 @@ class StateStore:
     def create(self, state: ContainerState) -> None:
         """Claim the id (ExistsError if taken) and write the first state."""
         directory = self._dir(state.id)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.root.parent)       # --root itself
+        private_dir(self.root)
         try:
             directory.mkdir(mode=0o700)
         except FileExistsError as exc:
@@ -133,21 +155,32 @@ class StateStore:
         except FileNotFoundError as exc:
             raise NotFoundError(f"container {container_id} does not exist",
                                 "check the id with `kata-py list`") from exc
-        except ValueError as exc:
-            raise StateError(f"state of container {container_id} in {path} is corrupt",
-                             f"remove it with `kata-py delete --force {container_id}`") from exc
-        state = ContainerState(**raw)
+        except (ValueError, OSError) as exc:
+            raise _corrupt(container_id, path, str(exc)) from exc
+        try:
+            state = ContainerState(**raw)
+        except TypeError as exc:          # not an object, a key missing or unknown
+            raise _corrupt(container_id, path, str(exc)) from exc
+        wrong = [name for name, kind in _FIELD_TYPES.items()
+                 if not isinstance(getattr(state, name), kind)]
+        if wrong or state.id != container_id:
+            raise _corrupt(container_id, path, f"bad {', '.join(wrong) or 'id'}")
         return self._refresh(state)
 
     @staticmethod
     def _refresh(state: ContainerState) -> ContainerState:
+        """A container whose recorded process is gone is stopped; while
+        "creating", that process is the create itself until the holder
+        exists (runtime.create, shim.Shim.setup), so a create killed half
+        way leaves a stopped container that a plain delete removes."""
         proc = state.process()
-        if state.status in ("created", "running", "paused") and (proc is None
-                                                                 or not proc.alive()):
+        if state.status in ("creating", "created", "running", "paused") and (
+                proc is None or not proc.alive()):
             return replace(state, status="stopped")
         return state
 
     def list(self) -> list[ContainerState]:
+        """Every readable container; a corrupt record is skipped with a warning."""
         if not self.root.is_dir():
             return []
         out = []
@@ -155,8 +188,10 @@ class StateStore:
             if entry.is_dir() and (entry / STATE_FILE).exists() and ID_PATTERN.match(entry.name):
                 try:
                     out.append(self.load(entry.name))
-                except StateError:
-                    continue
+                except NotFoundError:
+                    continue                # deleted meanwhile
+                except StateError as exc:
+                    log.warning("%s", exc)
         return out
 
     def remove(self, container_id: str) -> None:

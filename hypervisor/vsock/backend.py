@@ -308,6 +308,7 @@ def _signal_ready(fd: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    os.umask(0o077)     # its sockets and log: root's alone (kata_py/private.py)
     logging.basicConfig(
         filename=args.log,
         level=logging.DEBUG if args.debug else logging.INFO,

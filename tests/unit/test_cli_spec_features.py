@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kata_py.spec import parse_spec
 from kata_py.spec_linux import SECCOMP_ACTIONS
 
@@ -23,6 +25,19 @@ def test_spec_writes_a_config_json_kata_py_accepts(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["process"]["args"] == ["sh"]
     parse_spec(config, tmp_path)
+
+
+@pytest.mark.parametrize("entry", ["kata_py.cli", "kata_py.fastcli"])
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0, 0o666)])
+def test_spec_writes_with_the_callers_umask_not_kata_pys(tmp_path: Path, entry: str, umask: int,
+                                                        mode: int) -> None:
+    """kata-py's own files are 0600 whatever the umask (private.py); the
+    config.json that `spec` writes is the caller's, 0666 & ~umask as runc's."""
+    code = f"import os, sys; os.umask({umask}); from {entry} import main; sys.exit(main())"
+    out = subprocess.run([sys.executable, "-c", code, "spec", "-b", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == mode
 
 
 def test_spec_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def test_microvm_tcg_sandbox_argv_matches_golden() -> None:
         "-device", "vhost-user-fs-device,chardev=fs0,tag=kataShared",
         "-chardev", "socket,id=vsock0,path=/s/vhost-vsock.sock",
         "-device", "vhost-user-vsock-device,chardev=vsock0",
-        "-daemonize", "-pidfile", "/s/qemu.pid",
+        "-pidfile", "/s/qemu.pid",
     ]
 
 
@@ -93,5 +93,5 @@ def test_nics_on_q35_are_pci_without_an_option_rom() -> None:
 def test_nics_come_after_vsock_and_before_daemonizing() -> None:
     argv = qemu.build_argv(_cfg(nics=NICS[:1]))
     assert argv.index("tap,id=net0,fd=7") > argv.index("vhost-user-vsock-device,chardev=vsock0")
-    assert argv.index("tap,id=net0,fd=7") < argv.index("-daemonize")
+    assert argv.index("tap,id=net0,fd=7") < argv.index("-pidfile")
     assert "-netdev" not in qemu.build_argv(_cfg())

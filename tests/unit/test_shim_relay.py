@@ -9,11 +9,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from kata_py import shim
 from kata_py.console import open_pty, set_winsize
+from kata_py.hypervisor.process import ProcessRef
+from kata_py.state import ContainerState, StateStore, now_rfc3339
 
 
 class FakeAgent:
@@ -114,9 +117,11 @@ class StartAgent:
 
 
 @pytest.mark.parametrize("size", [(30, 100), (0, 0)])
-def test_start_gives_the_guest_pty_a_size_the_engine_set_before(size: tuple[int, int]) -> None:
+def test_start_gives_the_guest_pty_a_size_the_engine_set_before(
+        size: tuple[int, int], tmp_path: Path) -> None:
     """podman resizes conmon's end before or just after it starts; a size that
-    is there goes to the guest before the process runs (as with runc's pty)."""
+    is there goes to the guest before the process runs (as with runc's pty);
+    and the shim records the start itself."""
     pty = open_pty()
     try:
         if size != (0, 0):
@@ -125,8 +130,14 @@ def test_start_gives_the_guest_pty_a_size_the_engine_set_before(size: tuple[int,
         s = shim.Shim.__new__(shim.Shim)
         s.cid, s.tty = "c1", pty.slave
         s.sandbox = type("FakeSandbox", (), {"agent": agent})()  # type: ignore[assignment]
+        s.store = StateStore(tmp_path)
+        me = ProcessRef.of(os.getpid())
+        s.store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/r", status="created",
+                                      created=now_rfc3339(), pid=me.pid,
+                                      pid_start_time=me.start_time))
         s._start()
         assert agent.calls == ([("resize", *size), "start"] if size != (0, 0) else ["start"])
+        assert s.store.load("c1").status == "running"
     finally:
         os.close(pty.master)
         os.close(pty.slave)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kata_py.errors import ConfigError, ExistsError, NotFoundError, StateError
+from kata_py.errors import ConfigError, CorruptStateError, ExistsError, NotFoundError, StateError
 from kata_py.hypervisor.process import read_start_time
 from kata_py.state import ContainerState, StateStore, now_rfc3339
 
@@ -120,3 +120,62 @@ def test_state_file_is_plain_json(tmp_path: Path) -> None:
     store.create(_state(annotations={"a": "b"}))
     data = json.loads((tmp_path / "c1" / "state.json").read_text())
     assert data["annotations"] == {"a": "b"} and data["status"] == "created"
+
+
+@pytest.mark.parametrize("damage", ["drop bundle", "extra key", "pid as text", "a list",
+                                    "another id"])
+def test_a_record_missing_a_key_or_of_the_wrong_shape_is_corrupt_not_a_crash(
+        tmp_path: Path, damage: str) -> None:
+    store = StateStore(tmp_path)
+    store.create(_state())
+    path = tmp_path / "c1" / "state.json"
+    raw = json.loads(path.read_text())
+    if damage == "drop bundle":
+        del raw["bundle"]
+    elif damage == "extra key":
+        raw["surprise"] = 1
+    elif damage == "pid as text":
+        raw["pid"] = "12"
+    elif damage == "another id":
+        raw["id"] = "c2"
+    path.write_text(json.dumps([raw] if damage == "a list" else raw))
+    with pytest.raises(CorruptStateError) as exc:
+        store.load("c1")
+    assert str(exc.value).startswith(f"state of container c1 in {path} is corrupt (")
+    assert str(exc.value).endswith("remove it with `kata-py delete --force c1`")
+    assert "\n" not in str(exc.value)
+
+
+def test_list_skips_a_corrupt_record_with_a_warning(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path)
+    store.create(_state("bad"))
+    store.create(_state("good", status="stopped"))
+    (tmp_path / "bad" / "state.json").write_text('{"id": "bad"}')
+    assert [s.id for s in store.list()] == ["good"]
+    assert "state of container bad" in caplog.text and "delete --force bad" in caplog.text
+
+
+def test_creating_whose_create_died_is_stopped(tmp_path: Path) -> None:
+    """A create killed before its holder existed: nothing runs, so `state`
+    says stopped and a plain delete may remove it."""
+    store = StateStore(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = read_start_time(proc.pid) or 0
+    proc.wait()
+    store.create(_state(status="creating", pid=proc.pid, pid_start_time=start))
+    assert store.load("c1").status == "stopped"
+    me = os.getpid()
+    store.save(_state(status="creating", pid=me, pid_start_time=read_start_time(me) or 0))
+    assert store.load("c1").status == "creating"
+
+
+def test_state_directories_are_tightened_to_0700(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "containers").mkdir(parents=True)
+    root.chmod(0o755)
+    (root / "containers").chmod(0o777)
+    StateStore(root / "containers").create(_state())
+    assert [oct(p.stat().st_mode & 0o777) for p in (root, root / "containers",
+                                                    root / "containers" / "c1")] == ["0o700"] * 3
+    assert oct((root / "containers" / "c1" / "state.json").stat().st_mode & 0o777) == "0o600"
