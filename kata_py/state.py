@@ -14,6 +14,7 @@ whose process is gone is reported "stopped", never stale.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -39,6 +40,7 @@ OCI_VERSION = "1.2.0"
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 SHIM_FILE = "shim.json"      # the container's shim, when its holder has the pid (holder.py)
+REMOVE_ATTEMPTS = 5          # remove(): rounds against files appearing meanwhile
 # runc's rule, plus a length cap that keeps socket paths below the root short.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_+.-]{1,64}$")
 
@@ -195,11 +197,27 @@ class StateStore:
         return out
 
     def remove(self, container_id: str) -> None:
+        """Remove the container's directory. Its files may vanish or appear
+        meanwhile (a failed create's shim tearing down at the same time as a
+        `delete --force`): what is gone is gone, what came is removed too."""
         directory = self._dir(container_id)
-        for item in directory.iterdir() if directory.exists() else ():
-            if item.is_dir():
-                raise StateError(f"container {container_id}'s directory holds {item}",
-                                 "remove it by hand; kata-py only writes files there")
-            item.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            directory.rmdir()
+        for _ in range(REMOVE_ATTEMPTS):
+            try:
+                items = list(directory.iterdir())
+            except FileNotFoundError:
+                return
+            for item in items:
+                if item.is_dir() and not item.is_symlink():
+                    raise StateError(f"container {container_id}'s directory holds {item}",
+                                     "remove it by hand; kata-py only writes files there")
+                item.unlink(missing_ok=True)
+            try:
+                directory.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+        raise StateError(f"container {container_id}'s directory {directory} keeps filling",
+                         "stop what writes there, then `kata-py delete --force` again")
