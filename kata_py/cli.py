@@ -8,6 +8,7 @@ time, so cheap verbs stay cheap.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -84,8 +85,8 @@ def _setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
     root.setLevel(level)
 
 
-def _print_version(ctx: click.Context) -> None:
-    """runc's lines (version, commit, spec) plus the guest kernel."""
+def _version_lines() -> list[str]:
+    """runc's version lines (version, commit, spec) plus the guest kernel."""
     import json
     import subprocess
 
@@ -102,21 +103,122 @@ def _print_version(ctx: click.Context) -> None:
         kernel = str(manifest.get("kernel_release", "unknown"))
     except (OSError, ValueError):
         kernel = "no guest image"
-    click.echo(f"kata-py version {__version__}\ncommit: {commit or 'unknown'}\n"
-               f"spec: {OCI_VERSION}\nguest kernel: {kernel}")
+    return [__version__, f"commit: {commit or 'unknown'}", f"spec: {OCI_VERSION}",
+            f"guest kernel: {kernel}"]
+
+
+def _print_version(ctx: click.Context) -> None:
+    version, *rest = _version_lines()
+    click.echo("\n".join([f"kata-py version {version}", *rest]))
     ctx.exit(0)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", default=None, help="state directory (default /run/kata-py)")
-@click.option("--log", "log_file", default=None, help="log file (default stderr)")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
-@click.option("--debug", is_flag=True, help="verbose logs and tracebacks")
+# --- help in runc's layout (urfave/cli's templates) --------------------------------
+
+PROG = "kata-py"
+ABOUT = """kata-py runs OCI containers as runc does, each inside its own QEMU micro-VM:
+the container's namespaces, cgroups and process are made by an agent in the
+guest, and its root filesystem is shared into the VM with virtio-fs.
+
+To run a container from a bundle (a directory with config.json and a root
+filesystem):
+
+    # kata-py run [ -b bundle ] <container-id>"""
+
+
+def _go_default(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def _option_rows(params: list[click.Parameter]) -> list[tuple[str, str]]:
+    """runc's option lines: long name first, "value" after a flag that takes one."""
+    rows = []
+    for param in params:
+        if not isinstance(param, click.Option) or param.hidden:
+            continue
+        value = "" if param.is_flag or param.count else " value"
+        names = sorted(param.opts + param.secondary_opts, key=lambda n: not n.startswith("--"))
+        text = param.help or ""
+        if not (param.is_flag or param.default is None or param.default == ""
+                or callable(param.default) or param.multiple):
+            text += f" (default: {_go_default(param.default)})"
+        rows.append((", ".join(n + value for n in names), text))
+    return rows
+
+
+def _rows(rows: list[tuple[str, str]]) -> list[str]:
+    width = max((len(left) for left, _ in rows), default=0) + 2
+    return [f"   {left.ljust(width)}{right}".rstrip() for left, right in rows]
+
+
+class RuncCommand(click.Command):
+    """A verb whose --help reads as runc's: NAME, USAGE, DESCRIPTION, OPTIONS."""
+
+    def __init__(self, *args: Any, args_usage: str = "<container-id>", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.args_usage = args_usage
+
+    def usage_line(self) -> str:
+        return inspect.cleandoc(self.help or "").partition("\n")[0]
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = _option_rows([p for p in self.get_params(ctx) if "--help" not in p.opts])
+        description = inspect.cleandoc(self.help or "").partition("\n")[2].strip()
+        lines = ["NAME:", f"   {PROG} {self.name} - {self.usage_line()}", "", "USAGE:",
+                 f"   {PROG} {self.name}{' [command options]' if rows else ''} "
+                 f"{self.args_usage}".rstrip()]
+        if description:
+            lines += ["", "DESCRIPTION:", *(f"   {line}".rstrip()
+                                            for line in description.splitlines())]
+        if rows:
+            lines += ["", "OPTIONS:", *_rows(rows)]
+        formatter.write("\n".join(lines) + "\n")
+
+
+class RuncGroup(click.Group):
+    """The top level: runc's help layout, `help`/`h`, help without a verb."""
+
+    command_class = RuncCommand
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, "help" if cmd_name == "h" else cmd_name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden or name == "help":
+                continue
+            usage = command.usage_line() if isinstance(command, RuncCommand) else ""
+            commands.append((name, usage))
+        commands.append(("help, h", "Shows a list of commands or help for one command"))
+        params = [p for p in self.get_params(ctx)
+                  if "--help" not in p.opts and "--version" not in p.opts]
+        options = _option_rows(params) + [("--help, -h", "show help"),
+                                          ("--version, -v", "print the version")]
+        version, *more = _version_lines()
+        lines = ["NAME:", f"   {PROG} - {(self.help or '').strip()}", "", ABOUT, "", "USAGE:",
+                 f"   {PROG} [global options] command [command options] [arguments...]", "",
+                 "VERSION:", f"   {version}", *more, "", "COMMANDS:", *_rows(commands), "",
+                 "GLOBAL OPTIONS:", *_rows(options)]
+        formatter.write("\n".join(lines) + "\n")
+
+
+@click.group(cls=RuncGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", default=None,
+              help=f"root directory for storage of container state (default: \"{DEFAULT_ROOT}\")")
+@click.option("--log", "log_file", default=None,
+              help="set the log file to write kata-py logs to (default is stderr)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              help="set the log format ('text' or 'json')")
+@click.option("--debug", is_flag=True, help="enable debug logging, and tracebacks")
 @click.option("--config", default=None, envvar="KATA_PY_CONFIG",
-              help="runtime configuration TOML (default: configs/kata-py.toml values)")
-@click.option("--version", is_flag=True, is_eager=True, expose_value=False,
+              help="runtime configuration TOML (default: configs/kata-py.toml values; "
+                   "$KATA_PY_CONFIG)")
+@click.option("--version", "-v", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda ctx, _, value: _print_version(ctx) if value else None,
-              help="print version lines (runc's shape) and exit")
+              help="print the version")
 # Engines pass these (conmon: --systemd-cgroup with podman's systemd cgroup
 # manager; podman: --cgroup-manager=disabled with --cgroups=disabled). The
 # container's cgroup lives in the guest, so the host cgroup manager is moot.
@@ -126,12 +228,14 @@ def _print_version(ctx: click.Context) -> None:
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, log_file: str | None, log_format: str,
         debug: bool, config: str | None) -> None:
-    """kata-py: run OCI containers inside QEMU micro-VMs."""
+    """run OCI containers inside QEMU micro-VMs"""
     _setup_logging(log_file, log_format, debug)
     ctx.obj = Context(root, config, debug)
+    if ctx.invoked_subcommand is None:      # runc prints its help, and succeeds
+        click.echo(ctx.get_help())
 
 
-@cli.command()
+@cli.command(args_usage="")
 @click.option("--boot", is_flag=True, help="also boot a throwaway sandbox and time it")
 @click.pass_obj
 def check(obj: Context, boot: bool) -> None:
@@ -145,7 +249,7 @@ def check(obj: Context, boot: bool) -> None:
         raise KataError(report.failure or "this host cannot run kata-py")
 
 
-@cli.command()
+@cli.command(args_usage="")
 @click.option("--bundle", "-b", default=".", type=click.Path(file_okay=False),
               help="directory to write config.json into")
 @click.option("--rootless", is_flag=True, help="a spec for a rootless container")
@@ -171,7 +275,7 @@ def spec(bundle: str, rootless: bool) -> None:
                         "check that the bundle directory exists") from exc
 
 
-@cli.command()
+@cli.command(args_usage="")
 def features() -> None:
     """Print what kata-py supports (OCI features document, JSON)."""
     import json
@@ -237,27 +341,28 @@ def start(obj: Context, container_id: str) -> None:
 @click.pass_obj
 def state(obj: Context, container_id: str) -> None:
     """Print the container's OCI state as JSON."""
-    import json
-
+    from kata_py.fastcli import go_dumps, runc_state
     from kata_py.state import StateStore
 
     st = StateStore(obj.root_dir / "containers").load(container_id)
-    click.echo(json.dumps(st.oci(), indent=2))
+    click.echo(go_dumps(runc_state(st.oci(), pid=st.pid), indent=True), nl=False)  # runc's
 
 
-@cli.command()
+@cli.command(args_usage="<container-id> [signal]")
 @click.option("--all", "-a", "all_processes", is_flag=True,
               help="signal every process of the container")
 @click.argument("container_id")
 @click.argument("signal", default="TERM")
 @click.pass_obj
 def kill(obj: Context, all_processes: bool, container_id: str, signal: str) -> None:
-    """Send a signal (name or number, default TERM) to the container."""
+    """Send a signal (name or number, default TERM) to the container.
+
+    Signal 0 sends nothing: it succeeds while the container's process exists."""
     from kata_py import runtime
     from kata_py.signals import parse_signal
 
-    runtime.kill(obj.root_dir, container_id, parse_signal(signal), all_processes,
-                 obj.config_path)
+    signum = 0 if signal.strip() == "0" else parse_signal(signal)
+    runtime.kill(obj.root_dir, container_id, signum, all_processes, obj.config_path)
 
 
 @cli.command()
@@ -293,8 +398,8 @@ def run(obj: Context, bundle: str, pid_file: str | None, detach: bool, keep: boo
     sys.exit(code)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True,
-                               "allow_interspersed_args": False})
+@cli.command(args_usage="<container-id> <command> [command options]",
+             context_settings={"allow_interspersed_args": False})   # options end at the id
 @click.option("--process", "-p", "process_file", default=None,
               help="JSON file with an OCI process object")
 @click.option("--tty", "-t", is_flag=True,
@@ -355,23 +460,34 @@ def resume(obj: Context, container_id: str) -> None:
     runtime.resume(obj.root_dir, container_id, obj.config_path)
 
 
-@cli.command()
-@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
+@cli.command(args_usage="<container-id> [ps options]",
+             context_settings={"allow_interspersed_args": False})   # ps's options follow the id
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="select one of: table or json")
 @click.argument("container_id")
+@click.argument("ps_options", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def ps(obj: Context, fmt: str, container_id: str) -> None:
-    """List the container's processes (pids as the guest sees them)."""
-    import json
+def ps(obj: Context, fmt: str, container_id: str, ps_options: tuple[str, ...]) -> None:
+    """List the container's processes as ps(1) shows them (its own pids).
 
-    from kata_py import runtime
+    ps options go after the id (after a --, if you like), -ef without any, as
+    runc runs ps with them; kata-py renders ps's columns itself from the
+    guest's /proc, for -e, -A, -f, a, x, h, --no-headers and -o/--format with
+    these keywords (KEY=HEADER renames a column): pid ppid pgid sid tpgid uid
+    ruid gid rgid user ruser group rgroup comm args c %cpu stime tty time
+    times etime etimes stat s ni nlwp vsz rss bsdtime, and their aliases.
+    --format json prints the pids alone."""
+    from kata_py import psview, runtime
+    from kata_py.fastcli import go_dumps
 
-    procs = runtime.processes(obj.root_dir, container_id, obj.config_path)
-    if fmt == "json":
-        click.echo(json.dumps([pid for pid, _ in procs]))
+    options = ps_options[1:] if ps_options[:1] == ("--",) else ps_options
+    layout = psview.parse_options(options) if fmt == "table" else None   # before the agent
+    entries, boottime_ns = runtime.processes(obj.root_dir, container_id, obj.config_path)
+    procs = psview.container_processes(entries)
+    if layout is None:
+        click.echo(go_dumps([p.pid for p in procs] or None))     # runc: null for none
         return
-    click.echo(f"{'PID':>7}  CMD")
-    for pid, args in procs:
-        click.echo(f"{pid:>7}  {' '.join(args)}")
+    click.echo(psview.render(layout, procs, psview.Clock.of_guest(boottime_ns)), nl=False)
 
 
 def _bytes(value: str | None) -> int | None:
@@ -433,11 +549,11 @@ def update(obj: Context, resources: str | None, memory: str | None,
 @click.argument("container_id")
 @click.pass_obj
 def events(obj: Context, stats: bool, interval: str, container_id: str) -> None:
-    """Print container statistics as JSON lines."""
-    import json
+    """Print container statistics as JSON lines (runc's events)."""
     import time
 
     from kata_py import runtime
+    from kata_py.fastcli import go_dumps
 
     text = interval.strip()
     try:
@@ -446,34 +562,128 @@ def events(obj: Context, stats: bool, interval: str, container_id: str) -> None:
         raise KataError(f"invalid --interval {interval!r}", "use e.g. 5s or 500ms") from None
     while True:
         data = runtime.stats(obj.root_dir, container_id, obj.config_path)
-        click.echo(json.dumps({"type": "stats", "id": container_id, "data": data}))
+        click.echo(go_dumps({"type": "stats", "id": container_id, "data": _runc_stats(data)}))
         if stats:
             return
         time.sleep(seconds)
 
 
-@cli.command(name="list")
-@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.option("--quiet", "-q", is_flag=True, help="only ids")
+U64_MAX = (1 << 64) - 1      # what runc reports for a cgroup v2 "max"
+CPUSET_ZERO = {"cpu_exclusive": 0, "mem_hardwall": 0, "mem_exclusive": 0, "memory_migrate": 0,
+               "memory_spread_page": 0, "memory_spread_slab": 0, "memory_pressure": 0,
+               "sched_load_balance": 0, "sched_relax_domain_level": 0}
+
+
+def _runc_stats(data: dict[str, Any]) -> dict[str, Any]:
+    """runtime.stats() as runc's types.Stats (runc types/events.go and
+    events.go convertLibcontainerStats, cgroup v2 without swap accounting):
+    every field in its struct's order, Go's `omitempty` zeros left out."""
+    def some(**fields: int | None) -> dict[str, int]:        # omitempty
+        return {k: v for k, v in fields.items() if v}
+
+    usage, memory = data["cpu"]["usage"], data["memory"]["usage"]
+    raw = {k: v for k, v in sorted(data["memory"]["raw"].items()) if v is not None}
+    limit = U64_MAX if memory["limit"] is None else memory["limit"]
+    mem = {"limit": limit, **some(usage=memory["usage"]), "failcnt": 0}
+    return {
+        "cpu": {"usage": {**some(total=usage["total"]), "kernel": usage["kernel"] or 0,
+                          "user": usage["user"] or 0}, "throttling": {}},
+        "cpuset": CPUSET_ZERO,
+        "memory": {**some(cache=raw.get("file")), "usage": mem,
+                   "swap": dict(mem),     # on v2, memory + swap (v1's way); the guest has none
+                   "kernel": {"limit": 0, "failcnt": 0}, "kernelTCP": {"limit": 0, "failcnt": 0},
+                   **({"raw": raw} if raw else {})},
+        "pids": some(current=data["pids"]["current"]),
+        "blkio": {key: [some(major=e["major"], minor=e["minor"]) | {"op": e["op"]}
+                        | some(value=e["value"]) for e in entries]
+                  for key, entries in data["blkio"].items() if entries},
+        "hugetlb": {}, "intel_rdt": {}, "network_interfaces": None}
+
+
+def _owner(path: Path) -> str:
+    """runc's owner of a container: its state directory's, by name."""
+    import pwd
+
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return ""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"
+
+
+def _tabwrite(rows: list[list[str]]) -> str:
+    """Go's tabwriter.NewWriter(w, 12, 1, 3, ' ', 0), as runc's list uses it:
+    each column but the last as wide as its widest cell plus 3, at least 12."""
+    widths = [max(12, *(len(row[n]) + 3 for row in rows)) for n in range(len(rows[0]) - 1)]
+    return "".join("".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True))
+                   + row[-1] + "\n" for row in rows)
+
+
+@cli.command(name="list", args_usage="")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="select one of: table or json")
+@click.option("--quiet", "-q", is_flag=True, help="display only container IDs")
 @click.pass_obj
 def list_(obj: Context, fmt: str, quiet: bool) -> None:
-    """List containers."""
-    import json
-
+    """List containers (runc's columns, or its JSON)."""
+    from kata_py.fastcli import go_dumps, runc_state
     from kata_py.state import StateStore
 
-    states = StateStore(obj.root_dir / "containers").list()
+    store = StateStore(obj.root_dir / "containers")
+    states = [runc_state(st.oci(), _owner(store.root / st.id), st.pid) for st in store.list()]
     if quiet:
         for st in states:
-            click.echo(st.id)
+            click.echo(st["id"])
     elif fmt == "json":
-        click.echo(json.dumps([st.oci() for st in states]))
+        click.echo(go_dumps(states or None))        # runc's: null when there are none
     else:
-        click.echo(f"{'ID':<20} {'PID':<8} {'STATUS':<10} {'BUNDLE':<40} CREATED")
-        for st in states:
-            oci = st.oci()
-            click.echo(f"{st.id:<20} {oci['pid']:<8} {st.status:<10} {st.bundle:<40} "
-                       f"{st.created}")
+        click.echo(_tabwrite([["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]] + [
+            [str(st[k]) for k in ("id", "pid", "status", "bundle", "created", "owner")]
+            for st in states]), nl=False)
+
+
+_ANY_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+@cli.command(context_settings=_ANY_ARGS)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def checkpoint(args: tuple[str, ...]) -> None:
+    """Checkpoint a running container: not supported by kata-py.
+
+    runc's options are accepted, and the answer is the same whatever they are."""
+    raise KataError("checkpoint is not supported",
+                    "a container's processes live in its VM's memory, which kata-py cannot "
+                    "save (there is no CRIU in the guest); stop it and run it again instead")
+
+
+@cli.command(context_settings=_ANY_ARGS)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def restore(args: tuple[str, ...]) -> None:
+    """Restore a container from a checkpoint: not supported by kata-py.
+
+    runc's options are accepted, and the answer is the same whatever they are."""
+    raise KataError("restore is not supported",
+                    "kata-py cannot checkpoint a container, so there is nothing to restore; "
+                    "create and start it again instead")
+
+
+@cli.command(name="help", args_usage="[command]")
+@click.argument("command", required=False)
+@click.pass_context
+def help_(ctx: click.Context, command: str | None) -> None:
+    """Shows a list of commands or help for one command"""
+    group = ctx.parent
+    assert group is not None and isinstance(group.command, click.Group)
+    if command is None:
+        click.echo(group.get_help())
+        return
+    verb = group.command.get_command(group, command)
+    if verb is None:
+        raise KataError(f"no help topic for {command!r}", "see `kata-py help` for the commands")
+    click.echo(verb.get_help(click.Context(verb, info_name=command, parent=group)))
 
 
 def main() -> None:
@@ -484,7 +694,7 @@ def main() -> None:
     Context.caller_umask = umask if fast is None else fast
     debug = "--debug" in sys.argv[1:]
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name=PROG, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("kata-py: aborted", err=True)
         sys.exit(130)

@@ -11,9 +11,10 @@ scripts/setup.sh installs a command that starts Python with -S (no site:
 ~3 ms) and the package's directory on sys.path; main() runs site for the
 full CLI.
 It must answer exactly what `kata_py.state` answers (a unit test compares
-them for every status); anything it does not recognise — another verb, an
-unknown flag, --debug, a missing or corrupt state — goes to the full CLI,
-which owns the error messages.
+them for every status), in runc's shape (runc_state, go_dumps: the full
+CLI's `state` and `list` print with these too); anything it does not
+recognise — another verb, an unknown flag, --debug, a missing or corrupt
+state — goes to the full CLI, which owns the error messages.
 
 `start` is every `podman run`'s second verb: the full CLI's imports are
 ≈ 0.06 s of it. Here it is kata_py.runtime.start for a created container
@@ -76,25 +77,69 @@ def loads(text: str) -> object:
     return value
 
 
-def dumps(value: object, level: int = 0, indent: int = 2) -> str:
-    """json.dumps(value, indent=indent) for str/int/bool/None/list/dict (unit-tested)."""
+# Go's encoding/json escapes (runc prints with it): <, >, & and U+2028/U+2029
+# as \u…, control characters as \u00XX except \n, \r and \t (go1.19, which
+# Debian's runc is built with, writes \b and \f as \u0008 and \u000c too);
+# every other character as it is, in UTF-8.
+_GO_ESCAPES = {code: f"\\u{code:04x}" for code in (*range(0x20), 0x3c, 0x3e, 0x26, 0x2028,
+                                                    0x2029)}
+_GO_ESCAPES.update({0x22: '\\"', 0x5c: "\\\\", 0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"})
+
+
+def go_dumps(value: object, indent: bool = False, level: int = 0) -> str:
+    """What Go's json.Marshal (compact) or json.MarshalIndent(v, "", "  ")
+    writes for str/int/bool/None/list/dict; a dict's keys keep their order
+    (a Go struct's field order: sort a Go map's keys first)."""
     if isinstance(value, str):
-        return str(_json.encode_basestring_ascii(value))
+        return '"' + value.translate(_GO_ESCAPES) + '"'
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, int):
         return int.__repr__(value)
-    pad, inner = "\n" + " " * indent * level, "\n" + " " * indent * (level + 1)
+    pad = "\n" + "  " * level if indent else ""
+    inner = "\n" + "  " * (level + 1) if indent else ""
     if isinstance(value, dict):
         if not value:
             return "{}"
-        return "{" + ",".join(f"{inner}{dumps(str(k))}: {dumps(v, level + 1, indent)}"
+        colon = ": " if indent else ":"
+        return "{" + ",".join(f"{inner}{go_dumps(str(k))}{colon}{go_dumps(v, indent, level + 1)}"
                               for k, v in value.items()) + pad + "}"
     if isinstance(value, list | tuple):
         if not value:
             return "[]"
-        return "[" + ",".join(inner + dumps(v, level + 1, indent) for v in value) + pad + "]"
+        return "[" + ",".join(inner + go_dumps(v, indent, level + 1) for v in value) + pad + "]"
     raise TypeError(f"cannot write {type(value).__name__} as JSON here")
+
+
+def go_time(rfc3339: str) -> str:
+    """A stored RFC 3339 time (microseconds, UTC) as Go's time.Time writes
+    it in JSON (RFC3339Nano: trailing zeros of the fraction dropped)."""
+    head, dot, fraction = rfc3339.partition(".")
+    if not dot or not fraction.endswith("Z"):
+        return rfc3339
+    digits = fraction[:-1].rstrip("0")
+    return f"{head}.{digits}Z" if digits else f"{head}Z"
+
+
+def runc_state(oci: dict[str, object], owner: str | None = None, pid: object = 0
+               ) -> dict[str, object]:
+    """An OCI state object (ContainerState.oci()) in the shape runc's `state`
+    and `list --format json` print (runc list.go, containerState): its field
+    order, annotations only when there are some (sorted: a Go map), the
+    created time as Go writes it. "creating" is kata-py's own word for a
+    create still under way, which is "created" to runc's users (runc shows
+    a container only once its init exists, as "created"), with `pid`, the
+    recorded one (the create's, then the holder's), as created's pid."""
+    creating = oci["status"] == "creating"
+    out: dict[str, object] = {
+        "ociVersion": oci["ociVersion"], "id": oci["id"], "pid": pid if creating else oci["pid"],
+        "status": "created" if creating else oci["status"], "bundle": oci["bundle"],
+        "rootfs": oci["rootfs"], "created": go_time(str(oci["created"]))}
+    annotations = oci.get("annotations")
+    if annotations:
+        out["annotations"] = dict(sorted(annotations.items()))  # type: ignore[attr-defined]
+    out["owner"] = oci.get("owner", "") if owner is None else owner
+    return out
 
 
 def oci_state(raw: dict[str, object]) -> dict[str, object]:
@@ -149,8 +194,8 @@ def fast_state(argv: list[str]) -> str | None:
             raw = loads(f.read().decode())
         if not isinstance(raw, dict):
             return None
-        return dumps(oci_state(raw))
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return go_dumps(runc_state(oci_state(raw), pid=raw["pid"]), indent=True)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
 
 
@@ -230,7 +275,7 @@ def main() -> None:
     CALLER_UMASK = os.umask(0o077)  # kata_py/private.py: everything we create is root's alone
     out = fast_state(sys.argv[1:])
     if out is not None:
-        sys.stdout.write(out + "\n")
+        sys.stdout.write(out)       # no newline after it, as runc's `state`
         return
     if fast_start(sys.argv[1:]):
         return
