@@ -222,16 +222,21 @@ class ContainerManager:
         return self._spawn(container_id, _parse(config_json)).pid
 
     def exec(self, container_id: str, exec_id: str, config_json: bytes) -> int:
-        """Start a process in the running container's namespaces and cgroup."""
+        """Start a process in the namespaces and cgroup of a created or
+        running container (runc execs into a created one too: its init waits
+        for start, its namespaces exist). The exec's own process and fds: a
+        container created with a terminal gives its console socket to its
+        init only."""
         c = self.get(container_id)
-        if not c.started or c.launcher.code is not None:
+        if c.launcher.code is not None:
             raise FailedPrecondition(f"container {container_id} is not running")
         if not exec_id:
             raise InvalidArgument("exec_id must not be empty")
         base = c.config
-        process = _parse(config_json).process
+        parsed = _parse(config_json)
         config = dataclasses.replace(
-            base, process=process, hostname="", domainname="", mounts=(), masked_paths=(),
+            base, process=parsed.process, fds=parsed.fds, hostname="", domainname="",
+            mounts=(), masked_paths=(),
             readonly_paths=(), devices=(), sysctl={}, default_devices=False,
             hooks=launch_config.Hooks(),
             namespaces=tuple(launch_config.Namespace(ns.type, f"/proc/{c.pid}/ns/"
@@ -275,7 +280,7 @@ class ContainerManager:
         sync = pipes["sync"][0]
         tty = None
         try:
-            container_pid = self._await_created(sync, launcher)
+            container_pid = self._await_created(sync, launcher, key)
             if terminal:
                 tty = _recv_master(console_parent)
         except BaseException:
@@ -316,7 +321,7 @@ class ContainerManager:
             setsid=True)
 
     @staticmethod
-    def _await_created(sync: int, launcher: Exit) -> int:
+    def _await_created(sync: int, launcher: Exit, key: str) -> int:
         deadline = time.monotonic() + CREATE_TIMEOUT_S
         pid = 0
         while True:
@@ -327,6 +332,8 @@ class ContainerManager:
                                  "container was created")
             if "error" in msg:
                 raise FailedPrecondition(str(msg["error"]))
+            if "warning" in msg:
+                log.warning("%s: %s", key, msg["warning"])
             if "pid" in msg:
                 pid = int(str(msg["pid"]))
             if "created" in msg:

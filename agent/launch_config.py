@@ -12,9 +12,10 @@ It must not touch the system: no syscalls, no files — pure data.
 
 File descriptors (see `Fds`): the launcher inherits stdio as 0/1/2, writes
 JSON lines to `sync` (`{"pid": N}` from the outer process when the container
-process is forked, `{"created": N}` when setup is done, `{"error": "..."}` on
-failure; EOF without error after `created` means execve succeeded — the sync
-fd is close-on-exec) and blocks on `start` until one byte arrives (runc's exec
+process is forked, `{"warning": "..."}` for what it ignored as runc would,
+`{"created": N}` when setup is done, `{"error": "..."}` on failure; EOF
+without error after `created` means execve succeeded — the sync fd is
+close-on-exec) and blocks on `start` until one byte arrives (runc's exec
 fifo); EOF on `start` without a byte means "deleted before start": exit 0
 without exec'ing. With `process.terminal` and `fds.console_socket`, the pty is
 opened inside the container's devpts and its master sent over that unix socket
@@ -148,7 +149,9 @@ class Fds:
     stdin: int = 0
     stdout: int = 1
     stderr: int = 2
-    preserve: int = 0  # fds 3 .. 3+preserve-1 stay open in the container (LISTEN_FDS)
+    # fds 3 .. 3+preserve-1 stay open in the container (runc's --preserve-fds,
+    # which adds nothing to the environment; the host cannot pass fds yet)
+    preserve: int = 0
     # With process.terminal: a unix socket over which the launcher sends the pty
     # master it opened in the container's devpts (SCM_RIGHTS, like runc's
     # --console-socket); -1: stdin already is the terminal.

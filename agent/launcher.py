@@ -16,8 +16,11 @@ so it fork+execs this module, which does what runc's `runc init` does
  4. in the container process: rlimits, oom_score_adj; root propagation,
     rootfs bind, spec mounts, /dev, pivot_root (mounts.py); hostname,
     domainname, sysctl, readonly paths, masked paths, readonly root;
- 5. credentials: bounding set, setgroups/setgid/setuid with PR_SET_KEEPCAPS,
-    capset, ambient set; umask; cwd; no_new_privs;
+ 5. a missing cwd is created (init only); HOME from the container's
+    /etc/passwd when the env lacks it; credentials: bounding set,
+    setgroups/setgid/setuid with PR_SET_KEEPCAPS, capset, ambient set (what
+    the kernel refuses to raise is a warning, as in runc); umask; cwd;
+    no_new_privs;
  6. seccomp — last: just before execve when no_new_privileges is set (runc),
     else before capabilities are dropped (installing needs CAP_SYS_ADMIN);
  7. `{"created": <pid>}` on the sync fd, block reading the start fd, execve.
@@ -27,8 +30,9 @@ into an existing container: steps that build the rootfs are skipped, as runc's
 setns_init does.
 
 Sync fd protocol (JSON lines, close-on-exec): `{"pid": N}` (outer pid, only
-when a pid namespace forces a fork), `{"created": N}`, `{"error": "<one line
-naming what failed>"}`. EOF after "created" with no error = execve succeeded.
+when a pid namespace forces a fork), `{"warning": "<what was ignored>"}` (any
+number, before "created"), `{"created": N}`, `{"error": "<one line naming
+what failed>"}`. EOF after "created" with no error = execve succeeded.
 A failed exec reports `{"error": "exec \\"foo\\": No such file or directory"}`
 and exits 127. EOF on the start fd without a byte exits 0 without exec'ing.
 """
@@ -101,6 +105,10 @@ class Reporter:
 
     def error(self, message: str) -> None:
         self.send({"error": " ".join(message.splitlines())})
+
+    def warning(self, message: str) -> None:
+        """Something ignored, as runc ignores it with a warning; the agent logs it."""
+        self.send({"warning": " ".join(message.splitlines())})
 
 
 # --- 1. the description -------------------------------------------------------
@@ -187,6 +195,13 @@ def supervise(config: LaunchConfig, reporter: Reporter, child: int, pid_pipe: in
     os.close(pid_pipe)
     for fd in {config.fds.sync, config.fds.start}:
         os.close(fd)
+    # The container's stdio is the child's alone: a copy held here would keep
+    # its readers from EOF after the container closed its own (runc's parent
+    # holds none either).
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in {0, 1, 2, config.fds.stdin, config.fds.stdout, config.fds.stderr}:
+        os.dup2(null, fd)
+    os.close(null)
     for signum in _FORWARDED_SIGNALS:
         signal.signal(signum, lambda s, _f: forward_signal(child, s))
     _, status = os.waitpid(child, 0)
@@ -294,6 +309,17 @@ def prepare_rootfs(config: LaunchConfig) -> None:
     if config.rootfs_propagation:
         with step(f"make / {config.rootfs_propagation}"):
             mounts.set_root_propagation(config.rootfs_propagation)
+    create_cwd(config.process.cwd)
+
+
+def create_cwd(cwd: str) -> None:
+    """A missing process.cwd is made (mode 0755, less the umask) as the
+    container's root, inside the new root and before it turns read-only:
+    runc's prepareRootfs does MkdirAll(cwd, 0755) for the init process only;
+    an exec into a missing cwd fails (change_cwd)."""
+    if not os.path.isdir(cwd):
+        with step(f"mkdir cwd {cwd}"):
+            os.makedirs(cwd, 0o755, exist_ok=True)
 
 
 def run_hooks(config: LaunchConfig, kind: str, hooks: tuple[Hook, ...], status: str) -> None:
@@ -344,22 +370,61 @@ def finish_rootfs(config: LaunchConfig) -> None:
 
 # --- 5./6. credentials and seccomp ---------------------------------------------
 
+def cwd_step(cwd: str) -> str:
+    """runc's words for a failed chdir."""
+    return f'chdir to cwd ("{cwd}") set in config.json'
+
+
 def change_cwd(cwd: str) -> bool:
-    """chdir; False when it must be retried as the container user."""
+    """chdir; False when it must be retried as the container user (runc
+    retries after setuid on EPERM/EACCES only; any other error fails)."""
     try:
         os.chdir(cwd)
         return True
     except PermissionError:
         return False
+    except OSError as exc:
+        raise LaunchError(f"{cwd_step(cwd)}: {exc.strerror or exc}") from exc
 
 
 def capability_mask(names: tuple[str, ...]) -> int:
-    """CAP_* names → mask, without capabilities this kernel does not know (as runc)."""
-    return linux.capability_mask(names) & linux.kernel_capabilities()
+    """CAP_* names → mask, without the names this launcher or kernel does not
+    know (runc ignores those; the host has already warned about the names)."""
+    known = tuple(name for name in names if name in linux.CAPABILITY_NUMBERS)
+    return linux.capability_mask(known) & linux.kernel_capabilities()
 
 
-def drop_credentials(process: Process) -> None:
-    """runc finalizeNamespace: bounding set, user, capabilities, ambient."""
+def passwd_home(uid: int, path: str = "/etc/passwd") -> str | None:
+    """The home directory of the first entry for `uid` in the container's
+    passwd file (name:password:uid:gid:gecos:home:shell), or None: no file,
+    or no such uid (runc's user.GetExecUserPath)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    for raw in data.splitlines():
+        fields = raw.strip().decode(errors="surrogateescape").split(":")
+        if len(fields) >= 6 and fields[2].strip().isdigit() and int(fields[2]) == uid:
+            return fields[5]
+    return None
+
+
+def process_env(process: Process) -> dict[str, str]:
+    """process.env as execve gets it (the last of duplicate keys wins), with
+    HOME from the container's /etc/passwd for the process's uid when it is
+    unset or empty, "/" when the uid has no entry — runc's setupUser. Read
+    in the container's root, before the user is dropped."""
+    env = {key: value for key, _, value in (e.partition("=") for e in process.env)}
+    if not env.get("HOME"):
+        env["HOME"] = passwd_home(process.uid) or "/"
+    return env
+
+
+def drop_credentials(process: Process, reporter: Reporter) -> None:
+    """runc finalizeNamespace: bounding set, user, capabilities, ambient.
+    Ambient capabilities the kernel refuses to raise (not both permitted and
+    inheritable) are left out with a warning, as runc does."""
     caps = process.capabilities
     if caps is not None:
         with step("drop bounding capabilities"):
@@ -376,7 +441,10 @@ def drop_credentials(process: Process) -> None:
         with step("set capabilities"):
             linux.capset(capability_mask(caps.effective), capability_mask(caps.permitted),
                          capability_mask(caps.inheritable))
-            linux.set_ambient(capability_mask(caps.ambient))
+        with step("set ambient capabilities"):
+            refused = linux.set_ambient(capability_mask(caps.ambient))
+        for name in linux.capability_names(refused):
+            reporter.warning(f"can't raise ambient capability {name}: Operation not permitted")
 
 
 def seccomp_module() -> ModuleType | None:
@@ -490,7 +558,7 @@ def restore_signals() -> None:
 
 
 def exec_process(config: LaunchConfig, reporter: Reporter, seccomp: SeccompFilter | None,
-                 path: str) -> NoReturn:
+                 path: str, env: dict[str, str]) -> NoReturn:
     """(seccomp,) execve the resolved path; on failure report and exit 127."""
     process = config.process
     restore_signals()   # before seccomp, which may deny rt_sigaction
@@ -500,7 +568,6 @@ def exec_process(config: LaunchConfig, reporter: Reporter, seccomp: SeccompFilte
         except LaunchError as exc:
             reporter.error(str(exc))
             os._exit(EXIT_SETUP_FAILED)
-    env = {key: value for key, _, value in (e.partition("=") for e in process.env)}
     try:
         os.execve(path, list(process.args), env)
     except OSError as exc:
@@ -535,12 +602,13 @@ def build_container(config: LaunchConfig, reporter: Reporter, pid_pipe: int | No
     if process.umask is not None:
         os.umask(process.umask)
     cwd_done = change_cwd(process.cwd)
+    env = process_env(process)  # the container's /etc/passwd, read as its root
     close_extra_fds(config)  # while /proc/self/fd is still readable (before setuid)
     if not process.no_new_privileges:
         install_seccomp(seccomp)
-    drop_credentials(process)
+    drop_credentials(process, reporter)
     if not cwd_done:
-        with step(f"chdir {process.cwd}"):
+        with step(cwd_step(process.cwd)):
             os.chdir(process.cwd)
     if process.no_new_privileges:
         with step("set no_new_privs"):
@@ -558,7 +626,7 @@ def build_container(config: LaunchConfig, reporter: Reporter, pid_pipe: int | No
     except LaunchError as exc:
         reporter.error(str(exc))
         os._exit(EXIT_SETUP_FAILED)
-    exec_process(config, reporter, seccomp, path)
+    exec_process(config, reporter, seccomp, path, env)
 
 
 def run(config: LaunchConfig, reporter: Reporter) -> int:

@@ -163,7 +163,8 @@ class _CapData(ctypes.Structure):
 
 
 def capability_mask(names: tuple[str, ...]) -> int:
-    """Bit mask of capability names; unknown names raise ValueError (runc rejects them)."""
+    """Bit mask of capability names; unknown names raise ValueError (the host
+    drops them from config.json with a warning, as runc does, before they get here)."""
     mask = 0
     for name in names:
         if name not in CAPABILITY_NUMBERS:
@@ -215,12 +216,26 @@ def drop_bounding_except(keep: int) -> None:
             prctl(PR_CAPBSET_DROP, number)
 
 
-def set_ambient(mask: int) -> None:
-    """Clear the ambient set, then raise each capability in `mask`."""
+def set_ambient(mask: int) -> int:
+    """Clear the ambient set, then raise each capability in `mask`; returns
+    the mask of those the kernel refused with EPERM (not both permitted and
+    inheritable, or SECBIT_NO_CAP_AMBIENT_RAISE), which stay lowered: runc
+    raises them one by one and only warns about these."""
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    refused = 0
     for number in range(last_capability() + 1):
         if mask & (1 << number):
-            prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, number)
+            try:
+                prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, number)
+            except PermissionError:
+                refused |= 1 << number
+    return refused
+
+
+def capability_names(mask: int) -> list[str]:
+    """The CAP_* names of the bits in `mask` (CAP_<n> for numbers past the table)."""
+    return [CAPABILITIES[n] if n < len(CAPABILITIES) else f"CAP_{n}"
+            for n in range(mask.bit_length()) if mask & (1 << n)]
 
 
 def set_keepcaps(keep: bool) -> None:

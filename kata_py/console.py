@@ -7,6 +7,7 @@ is the terminal's name and whose SCM_RIGHTS control message carries the pty
 *master* fd. The receiver (conmon) then owns the master; the shim keeps the
 slave and relays it to the guest process's terminal, forwarding window-size
 changes (the slave is the shim's controlling terminal, so it gets SIGWINCH).
+A foreground `exec -t` uses the caller's own terminal instead, in raw mode.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import os
 import socket
 import struct
 import termios
+import tty
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +85,16 @@ def get_winsize(fd: int) -> tuple[int, int]:
 
 def set_winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+@contextmanager
+def raw_mode(fd: int) -> Iterator[None]:
+    """The terminal on fd in raw mode for as long as the block runs, then as
+    it was: a foreground `exec -t` hands the caller's keys to the guest's pty
+    untouched, as runc does with its own terminal."""
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd, termios.TCSANOW)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

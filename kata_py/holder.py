@@ -48,6 +48,7 @@ from kata_py import fuse
 from kata_py.errors import ResourceError
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC, MS_SLAVE = 0x20, 0x1000, 0x4000, 1 << 19
 MNT_DETACH = 0x2
@@ -138,7 +139,8 @@ def _enter(message: bytes, fds: list[int]) -> str:
     try:
         request = json.loads(message)
         binds = [Bind(*b) for b in request["binds"]]
-        why = enter(Path(request["rootfs"]), bool(request["readonly"]), binds, fuse_fd)
+        why = enter(Path(request["rootfs"]), bool(request["readonly"]), binds, fuse_fd,
+                    bool(request.get("own_net")))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"error {exc}"
     finally:
@@ -192,12 +194,17 @@ def _shown(destination: str) -> bool:
     return not any(clean == top or clean.startswith(top + "/") for top in NOT_SHOWN)
 
 
-def enter(rootfs: Path, readonly: bool, binds: list[Bind], fuse_fd: int | None) -> str:
+def enter(rootfs: Path, readonly: bool, binds: list[Bind], fuse_fd: int | None,
+          own_net: bool = False) -> str:
     """Make this process's mount namespace the container's stand-in (see the
-    module docstring). Returns why there is no /proc view, or "" when there
+    module docstring); with `own_net` (the spec asks for a new network
+    namespace) an empty network namespace too: tools that configure the
+    container's network through the pid after create (buildah) must not
+    reach the host's. Returns why there is no /proc view, or "" when there
     is. An error leaves the process in a half-made namespace: the caller
     (the shim) fails the create, which ends the holder."""
-    _call(_libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
+    _call(_libc.unshare(CLONE_NEWNS | (CLONE_NEWNET if own_net else 0)),
+          "unshare the mount namespace")
     _mount(None, "/", None, MS_REC | MS_SLAVE)
     root = str(rootfs)
     _mount(root, root, None, MS_BIND | MS_REC)
@@ -247,10 +254,10 @@ class HolderLink:
         self.pid = os.getppid()
 
     def enter(self, rootfs: Path, readonly: bool, binds: list[Bind],
-              fuse_fd: int | None) -> str:
+              fuse_fd: int | None, own_net: bool = False) -> str:
         """Have the holder enter the container's stand-in namespace; returns
         why there is no /proc view there ("" when there is one)."""
-        message = json.dumps({"rootfs": str(rootfs), "readonly": readonly,
+        message = json.dumps({"rootfs": str(rootfs), "readonly": readonly, "own_net": own_net,
                               "binds": [[b.source, b.destination, b.readonly] for b in binds]})
         try:
             socket.send_fds(self.sock, [message.encode()], [] if fuse_fd is None else [fuse_fd])

@@ -46,13 +46,15 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
            config_path: str | None, debug: bool = False,
            console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """Create the container; returns the shim's pid once the container waits for start."""
+    from kata_py.sizing import vm_size
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
 
-    _config(root, config_path)              # a bad runtime config: nothing is created
+    cfg = _config(root, config_path)        # a bad runtime config: nothing is created
     bundle = bundle.resolve()
     spec = load_spec(bundle)                # bad config.json: nothing is created
     to_launch_config(spec, cid)             # refuses what the guest cannot honour
+    vm_size(spec, cfg.hypervisor)           # … or a VM this host cannot give
     if spec.process.terminal and console_socket is None:
         raise KataError("process.terminal is set but no --console-socket was given",
                         "pass --console-socket or set process.terminal to false in config.json")
@@ -147,6 +149,9 @@ def start(root: Path, cid: str, config_path: str | None) -> None:
     st = store(root)
     with st.lock(cid):
         state = st.load(cid)
+        if state.status == "creating":
+            raise StateError(f"container {cid} is not created yet",
+                             "wait for its `kata-py create` to finish")
         if state.status != "created":
             raise StateError(f"container {cid} is {state.status}, not created",
                              "only a created container can be started")
@@ -179,7 +184,16 @@ def _has_hooks(bundle: Path, name: str) -> bool:
 
 def kill(root: Path, cid: str, signum: int, all_processes: bool,
          config_path: str | None) -> None:
+    """Signal the container's process (all of them with all_processes).
+    Signal 0 signals nothing: the agent checks that the process exists (as
+    kill(2), as runc's `kill ID 0`), and a container still being created
+    counts as there."""
     state = store(root).load(cid)
+    if state.status == "creating":
+        if signum == 0:
+            return
+        raise StateError(f"container {cid} is not created yet",
+                         "wait for its `kata-py create` to finish")
     if state.status not in ("created", "running", "paused"):
         raise StateError(f"container {cid} is {state.status}",
                          "only a created or running container can be signalled")
@@ -190,7 +204,8 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
                  args: list[str], env: list[str], cwd: str | None, user: str | None,
                  detach: bool, pid_file: Path | None, config_path: str | None,
                  tty: bool = False, console_socket: Path | None = None) -> int:
-    """Run a process in a running container; returns its exit status (0 with detach)."""
+    """Run a process in a created or running container (as runc); returns
+    its exit status (0 with detach)."""
     import json
     import secrets
 
@@ -199,9 +214,9 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     from kata_py.translate import check_size, launch_process
 
     state = store(root).load(cid)
-    if state.status != "running":
+    if state.status not in ("created", "running"):
         raise StateError(f"container {cid} is {state.status}, not running",
-                         "exec needs a running container")
+                         "exec needs a created or running container")
     bundle = Path(state.bundle)
     spec = load_spec(bundle)
     if process_json is not None:
@@ -229,9 +244,8 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
             process.user, uid=int(uid), gid=int(gid) if gid else process.user.gid))
     check_execve_space(process.args, process.env, process.rlimits,
                        lambda key: f"process.{key}", "exec")
-    if process.terminal and not (detach and console_socket is not None):
-        raise KataError("exec with a terminal needs --detach and --console-socket",
-                        "pass both (as conmon does), or run without -t")
+    if process.terminal:
+        process = _exec_terminal(process, detach, console_socket)
     exec_id = secrets.token_hex(6)
     config = lc.LaunchConfig(container_id=cid, rootfs="/", process=launch_process(process),
                              fds=lc.Fds(sync=3, start=4))
@@ -251,12 +265,47 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
         _write_pid_file(pid_file, os.getpid())
     from kata_py.shim import relay
 
-    code = relay(agent, cid, exec_id)
     try:
-        agent.remove_container(cid, exec_id)
-    except KataError as exc:
-        log.info("exec %s of %s: %s", exec_id, cid, exc)
+        if process.terminal:    # the guest pty on the caller's terminal, raw, as runc
+            from kata_py.console import raw_mode
+
+            with raw_mode(0):
+                code = relay(agent, cid, exec_id, tty=0, tty_output=1)
+        else:
+            code = relay(agent, cid, exec_id)
+    finally:
+        try:
+            agent.remove_container(cid, exec_id)
+        except KataError as exc:
+            log.info("exec %s of %s: %s", exec_id, cid, exc)
     return code
+
+
+def _exec_terminal(process: Any, detach: bool, console_socket: Path | None) -> Any:
+    """An exec'd process with a terminal, checked as runc checks it: with
+    --detach its pty goes to --console-socket; in the foreground the caller's
+    terminal (stdin) relays it, and gives it its size from the start."""
+    from kata_py.console import get_winsize
+    from kata_py.spec import ConsoleSize
+
+    if detach:
+        if console_socket is None:
+            raise KataError("exec -t --detach needs --console-socket",
+                            "pass --console-socket (as conmon does), or exec in the "
+                            "foreground from a terminal")
+        return process
+    if console_socket is not None:
+        raise KataError("exec --console-socket needs --detach",
+                        "pass --detach too, or drop --console-socket to use this terminal")
+    if not os.isatty(0):
+        raise KataError("exec -t in the foreground needs a terminal on stdin",
+                        "run it from a terminal, pass --detach and --console-socket, "
+                        "or drop -t")
+    if process.console_size is None:
+        rows, cols = get_winsize(0)
+        if rows and cols:
+            process = dataclasses.replace(process, console_size=ConsoleSize(rows, cols))
+    return process
 
 
 def _spawn_exec_shim(root: Path, cid: str, exec_id: str, config_path: str | None,
@@ -472,11 +521,16 @@ def _set_frozen(root: Path, cid: str, config_path: str | None, frozen: bool) -> 
         st.save(dataclasses.replace(state, status=then))
 
 
-def processes(root: Path, cid: str, config_path: str | None) -> list[tuple[int, list[str]]]:
+def processes(root: Path, cid: str, config_path: str | None
+              ) -> tuple[list[tuple[int, bytes, bytes, bytes, str]], int]:
+    """The container's processes as its own /proc shows them and the
+    guest's CLOCK_BOOTTIME (AgentClient.read_processes; psview.py renders
+    them); none for a container that is not live: runc's `ps` of a stopped
+    container prints the header alone."""
     state = store(root).load(cid)
     if state.status not in ("created", "running", "paused"):
-        raise StateError(f"container {cid} is {state.status}", "it has no processes")
-    return _agent(root, cid, config_path).list_processes(cid)  # type: ignore[no-any-return]
+        return [], 0
+    return _agent(root, cid, config_path).read_processes(cid)  # type: ignore[no-any-return]
 
 
 def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:

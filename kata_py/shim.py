@@ -81,33 +81,47 @@ def _notify(fd: int, line: str, details: str = "") -> None:
         pass
 
 
-def _pump_out(agent: AgentClient, cid: str, exec_id: str, stream: str, fd: int) -> None:
+def _pump_out(agent: AgentClient, cid: str, exec_id: str, stream: str, fd: int,
+              release: bool = True) -> None:
+    """Copy one of the process's output streams to fd until EOF. At EOF, with
+    `release`, fd stops referring to the caller's file (/dev/null takes its
+    number, which must not be reused): runc passes the caller's stdio
+    through, so the caller sees EOF as soon as the container's process has
+    closed it, even while that process runs on (`out=$(kata-py run -d …)`)."""
     while True:
         try:
             data = agent.read_output(cid, stream, timeout_s=WAIT_SLICE_S,
                                      max_bytes=READ_MAX_BYTES, exec_id=exec_id)
-        except KataError:
+        except KataError as exc:
+            log.info("%s of %s: no more output: %s", stream, exec_id or cid, exc)
             return
         if data is None:
             continue
         if not data:
-            return
+            break
         try:
             os.write(fd, data)
-        except OSError:
+        except OSError as exc:
+            log.info("%s of %s: the reader went away: %s", stream, exec_id or cid, exc)
             return
+    if release:
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
 
 
 def _pump_in(agent: AgentClient, cid: str, exec_id: str, fd: int = 0) -> None:
     try:
         while data := os.read(fd, 64 * 1024):
             agent.write_stdin(cid, data, exec_id)
-    except (OSError, KataError):
-        pass
+    except (OSError, KataError) as exc:
+        log.info("stdin of %s: stopped: %s", exec_id or cid, exc)
     try:
         agent.close_stdin(cid, exec_id)
-    except KataError:
-        pass
+    except KataError as exc:
+        log.info("stdin of %s: not closed in the guest: %s", exec_id or cid, exc)
 
 
 def follow_window_size(agent: AgentClient, cid: str, exec_id: str, tty: int) -> None:
@@ -142,12 +156,17 @@ def follow_window_size(agent: AgentClient, cid: str, exec_id: str, tty: int) -> 
     wake.set()
 
 
-def relay(agent: AgentClient, cid: str, exec_id: str = "", tty: int | None = None) -> int:
-    """Connect our stdio (or the host terminal `tty`) to a process in the
-    guest, forward our signals to it, and return its exit status once its
-    output is drained."""
+def relay(agent: AgentClient, cid: str, exec_id: str = "", tty: int | None = None,
+          tty_output: int | None = None) -> int:
+    """Connect our stdio (or the host terminal `tty`, its output to
+    `tty_output` if given: exec -t writes to stdout, as runc) to a process in
+    the guest, forward our signals to it, and return its exit status once
+    its output is drained."""
     out, err, inp = (tty, tty, tty) if tty is not None else (1, 2, 0)
-    pumps = [threading.Thread(target=_pump_out, args=(agent, cid, exec_id, s, fd), daemon=True)
+    if tty is not None and tty_output is not None:
+        out = err = tty_output
+    pumps = [threading.Thread(target=_pump_out, args=(agent, cid, exec_id, s, fd, tty is None),
+                              daemon=True)
              for s, fd in (("stdout", out), ("stderr", err))]
     for t in pumps:
         t.start()
@@ -294,7 +313,9 @@ class Shim:
         binds = [Bind(m.source, m.destination, "ro" in m.options) for m in spec.mounts
                  if is_bind(m)]
         try:
-            why = self.holder.enter(rootfs, spec.root.readonly, binds, fuse_fd)
+            own_net = spec.linux is not None and any(
+                ns.type == "network" and not ns.path for ns in spec.linux.namespaces)
+            why = self.holder.enter(rootfs, spec.root.readonly, binds, fuse_fd, own_net)
         except KataError:
             if fuse_fd is not None:
                 os.close(fuse_fd)

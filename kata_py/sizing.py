@@ -47,14 +47,16 @@ class VmSize:
 
 
 def vm_size(spec: Spec, defaults: HypervisorConfig) -> VmSize:
-    """The VM size for `spec`: annotations, else cgroup limits, else `defaults`."""
+    """The VM size for `spec`: annotations, else cgroup limits, else `defaults`;
+    never fewer vCPUs than linux.resources.cpu.cpus names (a cpuset of 0-1
+    with a quota of half a CPU needs CPU 1 in the guest)."""
     vcpus = _annotation(spec, ANNOTATION_VCPUS, 1)
     if vcpus is None:
         vcpus = _vcpus_from_limits(spec) or defaults.vcpus
     host_cpus = os.cpu_count() or 1
     if vcpus > host_cpus:
         log.debug("capping %d vCPUs at the host's %d CPUs", vcpus, host_cpus)
-    vcpus = max(1, min(vcpus, host_cpus))
+    vcpus = max(1, min(vcpus, host_cpus), _cpuset_needs(spec, host_cpus))
 
     memory_mib = _annotation(spec, ANNOTATION_MEMORY_MIB, MIN_MEMORY_MIB)
     if memory_mib is None:
@@ -68,6 +70,27 @@ def _vcpus_from_limits(spec: Spec) -> int | None:
     if cpu is None or not cpu.quota or not cpu.period or cpu.quota <= 0 or cpu.period <= 0:
         return None
     return math.ceil(cpu.quota / cpu.period)
+
+
+def _cpuset_needs(spec: Spec, host_cpus: int) -> int:
+    """vCPUs that linux.resources.cpu.cpus needs (0: none named); a CPU the
+    host lacks cannot be a vCPU of ours either (runc: the cgroup refuses it)."""
+    resources = spec.linux.resources
+    cpus = resources.cpu.cpus if resources and resources.cpu else ""
+    if not cpus:
+        return 0
+    highest = -1
+    for part in cpus.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise ConfigError(f"config.json: linux.resources.cpu.cpus {show(cpus)} is not a "
+                              "CPU list", "use a list such as 0-1,3")
+        highest = max(highest, int(last or first))
+    if highest >= host_cpus:
+        raise ConfigError(f"config.json: linux.resources.cpu.cpus {show(cpus)} names CPU "
+                          f"{highest}, and this host has {host_cpus} CPUs (0-{host_cpus - 1})",
+                          "name CPUs this host has; the VM gets one vCPU per host CPU at most")
+    return highest + 1
 
 
 def _memory_from_limit(spec: Spec) -> int | None:

@@ -17,7 +17,9 @@ encountered"). Rejected as unsupported here: the `solaris`, `windows`, `vm`,
 `uidMappings`/`gidMappings` (idmapped mounts); see spec_linux.py for `linux`.
 Refused because the guest would fail on them after the VM booted: the id
 4294967295 ((uid_t)-1), and process (or hook) args and env that execve(2)
-would refuse with E2BIG.
+would refuse with E2BIG. Dropped with a warning (the JSON path), as runc
+and crun ignore them: capability names that are not capabilities, and
+ambient capabilities that are not also inheritable and permitted.
 
 It reads files only; it must not create, mount or change anything.
 """
@@ -25,6 +27,7 @@ It reads files only; it must not create, mount or change anything.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ from kata_py.spec_reader import (
     invalid,
     require_absolute,
     require_choice,
+    show,
 )
 
 __all__ = [
@@ -67,6 +71,8 @@ __all__ = [
     "Process", "Resources", "Rlimit", "Root", "Seccomp", "SeccompArg", "Spec", "Syscall", "User",
     "check_execve_space", "default_spec", "load_spec", "parse_spec",
 ]
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = re.compile(r"1\.[0-2]\.\d+([-+].*)?")
 CAPABILITIES = frozenset("CAP_" + name for name in (
@@ -337,16 +343,34 @@ def _user(node: Node) -> User:
 
 
 def _capabilities(node: Node) -> Capabilities:
-    def names(key: str) -> tuple[str, ...]:
-        caps = node.strings(key)
-        for i, cap in enumerate(caps):
-            require_choice(f"{node.at(key)}[{i}]", cap, CAPABILITIES, "capability",
-                           "use a name from capabilities(7), e.g. CAP_NET_BIND_SERVICE")
-        return caps
+    """The five sets without what runc ignores: names that are not
+    capabilities (with a warning, as runc and crun give), and ambient
+    capabilities the kernel cannot raise because they are not also
+    inheritable and permitted (logged only: runc 1.1 says nothing, and
+    `runc spec` lists three of them, so every default bundle would warn)."""
+    def names(key: str) -> list[tuple[str, str]]:
+        known = []
+        for i, cap in enumerate(node.strings(key)):
+            path = f"{node.at(key)}[{i}]"
+            if cap in CAPABILITIES:
+                known.append((path, cap))
+            else:
+                log.warning("%s: %s %s is not a known capability; ignored, as runc does",
+                            FILE, path, show(cap))
+        return known
 
-    caps = Capabilities(bounding=names("bounding"), effective=names("effective"),
-                        inheritable=names("inheritable"), permitted=names("permitted"),
-                        ambient=names("ambient"))
+    sets = {key: tuple(cap for _, cap in names(key))
+            for key in ("bounding", "effective", "inheritable", "permitted")}
+    ambient = []
+    for path, cap in names("ambient"):
+        missing = [key for key in ("inheritable", "permitted") if cap not in sets[key]]
+        if missing:
+            log.info("%s: %s %s is not in %s, so the kernel cannot raise it; ignored, "
+                     "as runc does", FILE, path, show(cap),
+                        " and ".join(node.at(key) for key in missing))
+        else:
+            ambient.append(cap)
+    caps = Capabilities(ambient=tuple(ambient), **sets)
     node.finish()
     return caps
 

@@ -8,6 +8,7 @@ for kata-py look alike. It returns plain JSON data and touches nothing.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 OCI_VERSION = "1.2.0"
@@ -36,11 +37,19 @@ def _mounts() -> list[dict[str, Any]]:
     ]
 
 
+def _host_is_cgroup2_only() -> bool:
+    """runc's IsCgroup2UnifiedMode: /sys/fs/cgroup is the cgroup2 root itself."""
+    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
+
 def default_spec(rootless: bool = False) -> dict[str, Any]:
     """The default config.json content, as `runc spec [--rootless]` writes it.
 
-    runc adds a cgroup namespace when the host runs cgroup v2; the guest
-    kernel always does, so it is always listed here.
+    runc adds a cgroup namespace only when the host runs cgroup v2 alone,
+    and so does kata-py, although the guest always does: tools that add one
+    to `spec`'s output themselves (conformance suites do, on v1 hosts) must
+    not get a config listing it twice, which runc and kata-py refuse. The
+    translation adds one for the guest anyway (translate.py).
     """
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
@@ -52,7 +61,7 @@ def default_spec(rootless: bool = False) -> dict[str, Any]:
                     "TERM=xterm"],
             "cwd": "/",
             "capabilities": {key: list(_DEFAULT_CAPABILITIES)
-                             for key in ("bounding", "effective", "permitted")},
+                             for key in ("bounding", "effective", "permitted", "ambient")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": True,
         },
@@ -62,7 +71,8 @@ def default_spec(rootless: bool = False) -> dict[str, Any]:
         "linux": {
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
             "namespaces": [{"type": kind} for kind in
-                           ("pid", "network", "ipc", "uts", "mount", "cgroup")],
+                           ("pid", "network", "ipc", "uts", "mount", "cgroup")
+                           if kind != "cgroup" or _host_is_cgroup2_only()],
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                             "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
                             "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],

@@ -36,6 +36,12 @@ from kata_py.spec_reader import (
     unsupported,
 )
 
+# Sysctls of the IPC namespace, besides fs.mqueue.* (runc's list).
+IPC_SYSCTLS = frozenset({"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                         "kernel.shmall", "kernel.shmmax", "kernel.shmmni",
+                         "kernel.shm_rmid_forced"})
+# The x86-64 guest's huge page sizes, as cgroup v2 names them (hugetlb.<size>.max).
+GUEST_HUGEPAGE_SIZES = ("2MB", "1GB")
 NAMESPACE_TYPES = frozenset({"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"})
 # The smallest memory limit kata-py accepts (0, as in runc, and -1 mean none).
 # The container's cgroup first holds the guest's launcher, a fork of the
@@ -259,8 +265,35 @@ def parse_linux(node: Node) -> Linux:
         readonly_paths=_absolute_paths(node, "readonlyPaths"),
         mount_label=node.string("mountLabel"),
     )
+    _check_sysctls(node.at("sysctl"), linux)
     node.finish()
     return linux
+
+
+def _check_sysctls(path: str, linux: Linux) -> None:
+    """runc's rule (libcontainer/configs/validate): a sysctl is set only in a
+    namespace the container owns, never the host's — here, the VM's, which
+    other containers of a pod share. net.* with a network namespace given by
+    path is the VM's copy of the engine's namespace, the container's own."""
+    owned = {ns.type for ns in linux.namespaces}
+    own_net = any(ns.type == "network" for ns in linux.namespaces)
+    for key in linux.sysctl:
+        where = f"{path}[{show(key)}]"
+        if key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
+            if "ipc" not in owned:
+                raise invalid(where, "sets an IPC sysctl but the container has no IPC "
+                              "namespace of its own", "add an ipc namespace or drop it")
+        elif key.startswith("net."):
+            if not own_net:
+                raise invalid(where, "sets a network sysctl but the container has no network "
+                              "namespace of its own", "add a network namespace or drop it")
+        elif key == "kernel.domainname" and "uts" in owned:
+            continue
+        elif key == "kernel.hostname" and "uts" in owned:
+            raise invalid(where, "conflicts with the hostname field", "set hostname instead")
+        else:
+            raise invalid(where, "is not in a kernel namespace of the container's own",
+                          "drop it: it would change the whole VM's kernel")
 
 
 def _check_personality(node: Node | None) -> None:
@@ -436,6 +469,10 @@ def _block_io(node: Node) -> BlockIo:
 def _hugepage_limit(node: Node) -> HugepageLimit:
     limit = HugepageLimit(node.string("pageSize", required=True),
                           node.required_integer("limit", minimum=0, maximum=UINT64_MAX))
+    if limit.page_size not in GUEST_HUGEPAGE_SIZES:
+        raise invalid(node.at("pageSize"), f"{show(limit.page_size)}: the guest kernel has no "
+                      "huge pages of that size",
+                      f"use one of {', '.join(GUEST_HUGEPAGE_SIZES)}")
     node.finish()
     return limit
 

@@ -4,7 +4,7 @@ agent hands its launcher, plus the host paths the sandbox must expose to
 the guest through the virtio-fs share.
 
 Host paths become guest paths below the share (GUEST_SHARE/<cid>/…): the
-rootfs at <cid>/rootfs, each bind-mount source at <cid>/mounts/<n>-<name>.
+rootfs at <cid>/rootfs, each bind-mount source at <cid>/mounts/<n>/<name>.
 Kernel filesystems (proc, sysfs, tmpfs, devpts, mqueue, cgroup2) are made by
 the guest kernel and pass through unchanged.
 
@@ -63,8 +63,10 @@ def _mounts(spec: Spec, cid: str) -> tuple[tuple[lc.Mount, ...], list[HostShare]
                 raise ConfigError(f"config.json: mounts[{index}].source {m.source!r} must be "
                                   "an absolute host path for a bind mount",
                                   "use an absolute path")
+            # …/<n>/<basename>: the guest's mountinfo shows a root ending in
+            # the source's name, as tools matching mounts by root expect.
             name = Path(m.source).name or "root"
-            target = f"{cid}/mounts/{index}-{name}"
+            target = f"{cid}/mounts/{index}/{name}"
             shares.append(HostShare(Path(m.source), target, "ro" in m.options))
             mounts.append(lc.Mount(m.destination, "bind", f"{GUEST_SHARE}/{target}",
                                    m.options))
@@ -110,7 +112,9 @@ def _cgroup(cid: str, resources: Resources | None, device_program: str = "") -> 
         cpu_period=cpu.period if cpu else None,
         cpuset_cpus=cpu.cpus if cpu else "",
         cpuset_mems=cpu.mems if cpu else "",
-        pids_limit=pids.limit if pids else None), device_program=device_program)
+        pids_limit=pids.limit if pids else None,
+        unified={f"hugetlb.{h.page_size}.max": str(h.limit) for h in r.hugepage_limits}),
+        device_program=device_program)
 
 
 def _seccomp(seccomp: Seccomp | None) -> dict[str, Any] | None:

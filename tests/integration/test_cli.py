@@ -456,7 +456,7 @@ def test_events_stats_and_update_reach_the_guest_cgroup(root: Path,
     assert event["type"] == "stats" and event["id"] == "ev"
     assert event["data"]["memory"]["usage"]["usage"] > 0
     assert event["data"]["memory"]["raw"]["anon"] > 0
-    assert event["data"]["memory"]["usage"]["limit"] is None       # no limit in the spec
+    assert event["data"]["memory"]["usage"]["limit"] == 2**64 - 1  # "max", as runc prints it
     assert event["data"]["pids"]["current"] >= 1
     assert {e["op"] for e in event["data"]["blkio"]["ioServiceBytesRecursive"]} \
         <= {"Read", "Write"}
@@ -574,3 +574,237 @@ def test_sandbox_host_processes_live_in_the_specs_cgroups_path(
     for mount in hierarchies():
         assert not (mount / "kata-py-it" / root.name).exists()
         (mount / "kata-py-it").rmdir()
+
+
+def _caps(status: bytes) -> dict[str, str]:
+    """The Cap* lines of a /proc/<pid>/status."""
+    return dict(line.split(":\t") for line in status.decode().splitlines()
+                if line.startswith("Cap"))
+
+
+def _add_applets(bundle_dir: Path, *names: str) -> None:
+    """busybox applets beyond conftest's APPLETS, linked into the bundle's rootfs."""
+    for name in names:
+        link = bundle_dir / "rootfs" / "bin" / name
+        if not link.is_symlink():
+            link.symlink_to("busybox")
+
+
+def test_a_bundle_made_by_runc_spec_runs_as_runc_runs_it(root: Path, tmp_path: Path) -> None:
+    """`runc spec` lists ambient capabilities and no inheritable ones, which
+    the kernel cannot raise: runc 1.1 runs it without a word; so does kata-py."""
+    runc = shutil.which("runc")
+    assert runc is not None, "scripts/setup.sh installs runc"
+    subprocess.run([runc, "spec"], cwd=tmp_path, check=True)
+    busybox_rootfs(tmp_path / "rootfs")
+    spec = json.loads((tmp_path / "config.json").read_text())
+    spec["process"].update(terminal=False, args=["cat", "/proc/self/status"])
+    spec["root"]["path"] = str(tmp_path / "rootfs")
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    r = kp(root, "run", "-b", str(tmp_path), "rspec")
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert _caps(r.stdout) == {"CapInh": "0000000000000000", "CapPrm": "0000000020000420",
+                               "CapEff": "0000000020000420", "CapBnd": "0000000020000420",
+                               "CapAmb": "0000000000000000"}
+
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:User:/home/user:/bin/sh\n"
+
+
+def test_home_comes_from_the_containers_passwd_for_the_init_and_for_exec(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    """runc: HOME, when the env lacks it, is the uid's home in the
+    container's /etc/passwd, "/" for a uid it does not list."""
+    b = bundle("sh", "-c", 'echo "$HOME"')
+    (b / "rootfs" / "etc" / "passwd").write_text(PASSWD)
+    r = kp(root, "run", "-b", str(b), "home0")
+    assert (r.returncode, r.stdout) == (0, b"/root\n"), r.stderr
+    b = bundle("sh", "-c", 'echo "$HOME"', user={"uid": 1000, "gid": 1000})
+    r = kp(root, "run", "-b", str(b), "home1000")
+    assert (r.returncode, r.stdout) == (0, b"/home/user\n"), r.stderr
+    b = bundle("sleep", "600")
+    assert kp(root, "run", "-d", "-b", str(b), "homex").returncode == 0
+    for flags, home in (((), b"/root\n"), (("-u", "1000:1000"), b"/home/user\n"),
+                        (("-u", "2000"), b"/\n"), (("-e", "HOME=/mine"), b"/mine\n")):
+        r = kp(root, "exec", *flags, "homex", "sh", "-c", 'echo "$HOME"')
+        assert (r.returncode, r.stdout) == (0, home), (flags, r.stderr)
+    assert kp(root, "delete", "--force", "homex").returncode == 0
+
+
+def test_a_missing_cwd_is_created_for_the_init_on_a_read_only_root(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    """runc makes process.cwd (0755, as the container's root) before the
+    root turns read-only; the process then runs as its user. An exec's cwd
+    is not made: it fails in runc's words."""
+    b = bundle("sh", "-c", "pwd; id -u; stat -c '%a %u' /work/here", cwd="/work/here",
+               user={"uid": 1000, "gid": 1000})
+    _add_applets(b, "stat")
+    r = kp(root, "run", "-b", str(b), "cwd")
+    assert (r.returncode, r.stdout) == (0, b"/work/here\n1000\n755 0\n"), r.stderr
+    assert (b / "rootfs" / "work" / "here").is_dir()
+    b = bundle("sleep", "600")
+    assert kp(root, "run", "-d", "-b", str(b), "cwdx").returncode == 0
+    _one_line_error(kp(root, "exec", "--cwd", "/nope", "cwdx", "true"),
+                    b'chdir to cwd ("/nope") set in config.json: No such file or directory')
+    assert kp(root, "delete", "--force", "cwdx").returncode == 0
+
+
+def test_execs_into_a_terminal_container_created_or_running(
+        root: Path, bundle: Callable[..., Path], tmp_path: Path) -> None:
+    """Plain execs (no -t) into a container whose init has a terminal: they
+    used to inherit its console socket and fail with EBADF. Before start too,
+    as runc allows."""
+    b = bundle("sh")
+    config = json.loads((b / "config.json").read_text())
+    config["process"]["terminal"] = True
+    (b / "config.json").write_text(json.dumps(config))
+    sock_path = tmp_path / "console.sock"
+    console = ConsoleSocket(sock_path)
+    try:
+        r = kp(root, "create", "--console-socket", str(sock_path), "-b", str(b), "xtc")
+        assert r.returncode == 0, r.stderr
+        master = console.master()
+        r = kp(root, "exec", "xtc", "sh", "-c", "echo created; [ -t 0 ] || echo no-tty")
+        assert (r.returncode, r.stdout) == (0, b"created\nno-tty\n"), r.stderr
+        assert json.loads(kp(root, "state", "xtc").stdout)["status"] == "created"
+        assert kp(root, "start", "xtc").returncode == 0
+        r = kp(root, "exec", "xtc", "cat", "/proc/1/comm")
+        assert (r.returncode, r.stdout) == (0, b"sh\n"), r.stderr
+        r = kp(root, "exec", "-e", "FOO=bar", "--cwd", "/tmp", "-u", "1000:1000", "xtc",
+               "sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g)")
+        assert (r.returncode, r.stdout) == (0, b"bar /tmp 1000:1000\n"), r.stderr
+        pid_file = tmp_path / "exec.pid"
+        r = kp(root, "exec", "--pid-file", str(pid_file), "xtc", "true")
+        assert r.returncode == 0 and int(pid_file.read_text()) > 0, r.stderr
+        os.write(master, b"echo $((6*7))\n")       # the init's terminal still works
+        assert b"42\r\n" in _read_until(master, b"42\r\n")
+        os.close(master)
+    finally:
+        console.close()
+    assert kp(root, "delete", "--force", "xtc").returncode == 0
+
+
+def test_a_foreground_exec_t_uses_the_callers_terminal_raw_and_restores_it(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    """As runc: no --console-socket, the caller's terminal (stdin) in raw
+    mode relays a pty in the guest that starts at the terminal's size."""
+    import termios
+
+    b = bundle("sleep", "600")
+    _add_applets(b, "tty", "stty")
+    assert kp(root, "run", "-d", "-b", str(b), "fgt").returncode == 0
+    master, slave = os.openpty()
+    try:
+        set_winsize(master, 33, 99)
+        before = termios.tcgetattr(slave)
+        proc = subprocess.Popen(cli_argv(root, "exec", "-t", "fgt", "sh", "-c",
+                                         "tty; stty size; read line; echo got $line"),
+                                stdin=slave, stdout=slave, stderr=slave)
+        out = _read_until(master, b"33 99")
+        assert b"/dev/pts/" in out and b"33 99" in out, out
+        os.write(master, b"typed\r")
+        out += _read_until(master, b"got typed")
+        assert proc.wait(timeout=60) == 0
+        assert b"got typed" in out, out
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+    _one_line_error(kp(root, "exec", "-t", "fgt", "sh"), b"needs a terminal on stdin")
+    assert kp(root, "delete", "--force", "fgt").returncode == 0
+
+
+def _wait_stopped(root: Path, cid: str) -> None:
+    deadline = time.monotonic() + 60
+    while json.loads(kp(root, "state", cid).stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_ps_prints_ps_ef_columns_of_the_containers_own_processes(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    """runc's `ps` (ps -ef's rows of the container's pids): the container's
+    pids as it sees them, never kata-py's launcher, before start (header
+    alone), while running, with ps options after the id, and once stopped."""
+    b = bundle("sleep", "600")
+    assert kp(root, "create", "-b", str(b), "psc").returncode == 0
+    created = kp(root, "ps", "psc")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.split() == b"UID PID PPID C STIME TTY TIME CMD".split()
+    assert kp(root, "ps", "--format", "json", "psc").stdout == b"null\n"
+    assert kp(root, "start", "psc").returncode == 0
+    assert kp(root, "exec", "-d", "psc", "sleep", "30").returncode == 0
+    table = kp(root, "ps", "psc")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.decode().splitlines()
+    assert header.split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    fields = [row.split(None, 7) for row in rows]
+    assert ["root", "1", "0"] == fields[0][:3] and fields[0][7] == "sleep 600", rows
+    assert any(f[7] == "sleep 30" for f in fields), rows
+    assert not any("python" in row or "kata_py" in row for row in rows), rows
+    pids = json.loads(kp(root, "ps", "-f", "json", "psc").stdout)
+    assert pids == sorted(int(f[1]) for f in fields)
+    custom = kp(root, "ps", "psc", "--", "-o", "pid,args").stdout.decode().splitlines()
+    assert custom[0].split() == ["PID", "COMMAND"] and custom[1].split() == ["1", "sleep", "600"]
+    bsd = kp(root, "ps", "psc", "-e", "-x")      # procps: BSD's e and x
+    assert bsd.stdout.decode().splitlines()[0].split() == ["PID", "TTY", "STAT", "TIME",
+                                                           "COMMAND"]
+    assert bsd.stderr == b"kata-py: warning: ps e: the environment of a guest process is " \
+                         b"not shown\n"
+    _one_line_error(kp(root, "ps", "psc", "--", "-L"), b"ps option -L is not supported")
+    assert kp(root, "kill", "psc", "KILL").returncode == 0
+    _wait_stopped(root, "psc")
+    stopped = kp(root, "ps", "psc")
+    assert (stopped.returncode, stopped.stdout.split()) == (0, header.encode().split())
+    assert kp(root, "ps", "--format", "json", "psc").stdout == b"null\n"
+    assert kp(root, "delete", "psc").returncode == 0
+
+
+def test_kill_0_checks_the_container_without_signalling_it(
+        root: Path, bundle: Callable[..., Path]) -> None:
+    """runc's `kill ID 0`: success while the process exists, nothing
+    delivered (a shell that exits on any signal goes on); an error once it
+    has stopped."""
+    b = bundle("sh", "-c", "trap 'exit 9' HUP INT QUIT USR1 USR2 TERM; "
+                           "while true; do sleep 1; done")
+    assert kp(root, "run", "-d", "-b", str(b), "k0").returncode == 0
+    for argv in (["k0", "0"], ["--all", "k0", "0"]):
+        r = kp(root, "kill", *argv)
+        assert (r.returncode, r.stdout, r.stderr) == (0, b"", b""), argv
+    time.sleep(3)
+    assert json.loads(kp(root, "state", "k0").stdout)["status"] == "running"
+    assert kp(root, "kill", "k0", "KILL").returncode == 0
+    _wait_stopped(root, "k0")
+    r = kp(root, "kill", "k0", "0")
+    assert (r.returncode, r.stderr) == (1, b"kata-py: container k0 is stopped: only a created "
+                                           b"or running container can be signalled\n")
+    assert kp(root, "delete", "k0").returncode == 0
+
+
+def test_state_list_and_events_print_runcs_shapes(root: Path, bundle: Callable[..., Path]
+                                                  ) -> None:
+    """state: json.MarshalIndent, no newline after it; list --format json and
+    events: one compact line (Go's json.Encoder); runc's field orders."""
+    b = bundle("sleep", "600")
+    assert kp(root, "run", "-d", "-b", str(b), "shape").returncode == 0
+    _wait_running(root, "shape")
+    state = kp(root, "state", "shape").stdout
+    assert state.startswith(b'{\n  "ociVersion": ') and state.endswith(b'\n}')
+    assert list(json.loads(state)) == ["ociVersion", "id", "pid", "status", "bundle", "rootfs",
+                                       "created", "owner"]
+    listed = kp(root, "list", "--format", "json").stdout
+    assert listed.count(b"\n") == 1 and b": " not in listed
+    item, = json.loads(listed)
+    assert list(item) == ["ociVersion", "id", "pid", "status", "bundle", "rootfs", "created",
+                          "owner"]
+    assert (item["id"], item["status"], item["owner"]) == ("shape", "running", "root")
+    assert kp(root, "list").stdout.split(b"\n")[0].split() == [
+        b"ID", b"PID", b"STATUS", b"BUNDLE", b"CREATED", b"OWNER"]
+    events = kp(root, "events", "--stats", "shape").stdout
+    assert events.count(b"\n") == 1 and b": " not in events
+    event = json.loads(events)
+    assert list(event) == ["type", "id", "data"]
+    assert list(event["data"]) == ["cpu", "cpuset", "memory", "pids", "blkio", "hugetlb",
+                                   "intel_rdt", "network_interfaces"]
+    assert event["data"]["memory"]["usage"]["limit"] == 2 ** 64 - 1   # no limit: cgroup "max"
+    assert kp(root, "delete", "--force", "shape").returncode == 0

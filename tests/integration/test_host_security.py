@@ -91,8 +91,10 @@ def test_state_share_and_sockets_are_roots_alone_under_umask_000(root: Path,
 
     # 2. even with the directories opened up, the sockets refuse other users
     share = root / "vm" / "sec" / "shared" / "sec"
+    volume_share = next((share / "mounts").glob("*/volume"))
     for directory in (root, root / "vm", root / "vm" / "sec", share.parent, share,
-                      share / "mounts", root / "containers", root / "containers" / "sec"):
+                      share / "mounts", volume_share.parent, root / "containers",
+                      root / "containers" / "sec"):
         directory.chmod(0o711)
     agent = root / "vm" / "sec" / "agent.sock"
     connect = _as_nobody("/usr/bin/python3", "-c", "import socket; "
@@ -100,11 +102,11 @@ def test_state_share_and_sockets_are_roots_alone_under_umask_000(root: Path,
     assert "PermissionError" in connect.stderr, connect
 
     # 3. what the container planted: setuid not honoured, device not openable
-    volume_share = next((share / "mounts").glob("*-volume"))
     for planted in (share / "rootfs" / "suid", volume_share / "suid"):
         assert planted.stat().st_mode & stat.S_ISUID      # the guest still sees the bit
         flags = os.statvfs(planted).f_flag
         assert flags & os.ST_NOSUID and flags & os.ST_NODEV, planted
+        assert _as_nobody("test", "-r", str(planted)).returncode == 0    # reachable, and yet:
         ran = _as_nobody(str(planted))      # before: "uid=65534(nobody) … euid=0(root)"
         assert "euid=0" not in ran.stdout, ran
         assert ran.returncode != 0 and "Permission denied" in ran.stderr, ran   # noexec

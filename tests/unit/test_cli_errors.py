@@ -259,3 +259,35 @@ def test_update_with_a_memory_limit_of_0_leaves_the_limit_as_runc_does(tmp_path:
     out = _cli(root, "update", "--memory", "0", "c1")
     assert (out.returncode, out.stderr) == (
         1, "kata-py: nothing to update: give --resources or a resource flag\n")
+
+
+def _exec(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kata-py exec` with no terminal on stdin, whoever runs the tests."""
+    return subprocess.run([sys.executable, "-m", "kata_py.cli", "--root", str(root), "exec",
+                           *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_exec_with_a_terminal_is_checked_before_the_agent_as_runc_checks_it(
+        tmp_path: Path) -> None:
+    root = _running(tmp_path)
+    out = _exec(root, "-t", "-d", "c1", "/bin/true")
+    assert (out.returncode, out.stderr) == (1, (
+        "kata-py: exec -t --detach needs --console-socket: pass --console-socket (as conmon "
+        "does), or exec in the foreground from a terminal\n"))
+    out = _exec(root, "-t", "--console-socket", str(tmp_path / "sock"), "c1", "/bin/true")
+    assert (out.returncode, out.stderr) == (1, (
+        "kata-py: exec --console-socket needs --detach: pass --detach too, or drop "
+        "--console-socket to use this terminal\n"))
+    out = _exec(root, "-t", "c1", "/bin/true")
+    assert (out.returncode, out.stderr) == (1, (
+        "kata-py: exec -t in the foreground needs a terminal on stdin: run it from a "
+        "terminal, pass --detach and --console-socket, or drop -t\n"))
+
+
+def test_unknown_capabilities_are_a_warning_that_names_the_json_path(tmp_path: Path) -> None:
+    root = _running(tmp_path, {"capabilities": {"bounding": ["CAP_KILL", "CAP_FLY"]}})
+    out = _exec(root, "-t", "-d", "c1", "/bin/true")     # fails after parsing, before the agent
+    assert out.stderr.splitlines()[0] == (
+        'kata-py: warning: config.json: process.capabilities.bounding[1] "CAP_FLY" is not a '
+        "known capability; ignored, as runc does")

@@ -40,6 +40,20 @@ def test_spec_writes_with_the_callers_umask_not_kata_pys(tmp_path: Path, entry: 
     assert (tmp_path / "config.json").stat().st_mode & 0o777 == mode
 
 
+def test_spec_writes_what_runc_spec_writes_on_this_host(tmp_path: Path) -> None:
+    """Tools take `spec`'s output and edit it (conformance suites add a cgroup
+    namespace on v1 hosts): it must be runc's, bar the spec version."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir()
+    theirs.mkdir()
+    assert _cli("spec", "-b", str(ours)).returncode == 0
+    subprocess.run(["runc", "spec", "-b", str(theirs)], check=True, timeout=30)
+    mine, runc = (json.loads((d / "config.json").read_text()) for d in (ours, theirs))
+    mine.pop("ociVersion")
+    runc.pop("ociVersion")
+    assert mine == runc
+
+
 def test_spec_refuses_to_overwrite(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     out = _cli("spec", "-b", str(tmp_path))

@@ -60,3 +60,22 @@ def test_message_without_fd_is_refused() -> None:
         a.send(b"/dev/pts/9")
         with pytest.raises(ResourceError, match="carried no file descriptor"):
             recv_console(b)
+
+
+def test_raw_mode_lasts_for_the_block_and_restores_the_terminal() -> None:
+    import termios
+
+    from kata_py.console import raw_mode
+
+    pty = open_pty()
+    try:
+        before = termios.tcgetattr(pty.slave)
+        assert before[3] & termios.ICANON and before[3] & termios.ECHO
+        with pytest.raises(RuntimeError), raw_mode(pty.slave):
+            during = termios.tcgetattr(pty.slave)
+            raise RuntimeError("the relay failed")
+        assert not during[3] & (termios.ICANON | termios.ECHO | termios.ISIG)
+        assert not during[1] & termios.OPOST      # the guest's pty does the output processing
+        assert termios.tcgetattr(pty.slave) == before
+    finally:
+        pty.close()

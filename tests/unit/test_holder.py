@@ -39,7 +39,7 @@ link = holder.split(notify_w)            # only the shim comes back
 holder_link = holder.HolderLink(link)
 binds = [holder.Bind(*b) for b in args["binds"]]
 fd = fuse.open_device()
-why = holder_link.enter(Path(args["rootfs"]), args["readonly"], binds, fd)
+why = holder_link.enter(Path(args["rootfs"]), args["readonly"], binds, fd, args["own_net"])
 view = procview.ProcView(lambda: ([(1, b"1 (sleep) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0\n",
                                      b"Name:\tsleep\n", b"sleep\x00100\x00", "pid:[1]")],
                                   time.clock_gettime_ns(time.CLOCK_BOOTTIME)))
@@ -70,7 +70,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
     if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
         pytest.fail("the holder needs root and /dev/fuse (scripts/setup.sh's host has both)")
     rootfs, volume, ro_volume = _rootfs(tmp_path)
-    args = {"rootfs": str(rootfs), "readonly": False,
+    args = {"rootfs": str(rootfs), "readonly": False, "own_net": True,
             "binds": [[str(volume), "/link", False], [str(ro_volume), "/ro", True],
                       [str(volume), "/sys/x", False]]}
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(args)], cwd=REPO,
@@ -122,6 +122,10 @@ def test_the_holder_s_root_is_the_container_s(running: Running) -> None:
     # nothing of it on the host
     assert not (Path("/") / "new-file").exists()
     assert _host_mounts(tmp_path) == []
+    # a network namespace of its own, empty: what buildah configures through
+    # the pid after create never lands in the host's
+    assert os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert os.listdir(f"/proc/{proc.pid}/root/proc") != []
     assert os.listdir(tmp_path / "rootfs" / "dev") == []
 
 

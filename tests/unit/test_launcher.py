@@ -345,7 +345,38 @@ def test_process_env_cwd_and_credentials_are_as_described(rootfs: Path) -> None:
     assert out[0] == "uid=1000 gid=1000 groups=10,20"
     assert out[1:3] == ["/home/user", "0027"]
     assert "FOO=bar baz" in out and "PATH=/bin" in out
-    assert not any(line.startswith("HOME=") for line in out)
+    assert "HOME=/" in out       # no /etc/passwd in this rootfs: runc's default home
+
+
+def test_home_is_the_uid_s_from_the_containers_passwd_when_env_lacks_it(
+        rootfs: Path) -> None:
+    (rootfs / "etc/passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\n# a comment\nbroken\n"
+        "user:x:1000:1000:User:/home/user:/bin/sh\nagain:x:1000:1000::/elsewhere:/bin/sh\n")
+    homes = {}
+    for uid, env in ((0, ()), (1000, ()), (2000, ()), (1000, ("HOME=/custom",)),
+                     (1000, ("HOME=",))):
+        out = run_sh(rootfs, 'echo "$HOME"; env | grep -c ^HOME=', uid=uid, gid=uid,
+                     env=("PATH=/bin", *env)).stdout.split()
+        assert out[1] == "1", out          # exactly one HOME
+        homes[(uid, env)] = out[0]
+    assert homes == {(0, ()): "/root", (1000, ()): "/home/user", (2000, ()): "/",
+                     (1000, ("HOME=/custom",)): "/custom", (1000, ("HOME=",)): "/home/user"}
+
+
+def test_a_missing_cwd_is_created_by_root_with_mode_0755(rootfs: Path) -> None:
+    """runc's prepareRootfs: MkdirAll(cwd, 0755) in the new root, as root,
+    before the root turns read-only; the process then runs as its user."""
+    out = run_sh(rootfs, "pwd; id -u; stat -c '%a %u' /new /new/deep/cwd", uid=1000,
+                 gid=1000, cwd="/new/deep/cwd", readonly_rootfs=True).stdout.split("\n")
+    assert out[:4] == ["/new/deep/cwd", "1000", "755 0", "755 0"]
+    assert (rootfs / "new/deep/cwd").is_dir()
+
+
+def test_a_cwd_that_is_a_file_fails_the_create_by_name(rootfs: Path) -> None:
+    result = launch(make_config(rootfs, ("true",), cwd="/etc/secret"))
+    assert result.returncode == 1
+    assert result.sync[-1] == {"error": "mkdir cwd /etc/secret: File exists"}
 
 
 def test_readonly_root_refuses_writes(rootfs: Path) -> None:
@@ -380,6 +411,51 @@ def test_non_root_user_keeps_ambient_capabilities(rootfs: Path) -> None:
                  capabilities=caps, uid=1000, gid=1000).stdout
     assert out.split() == ["CapEff:", "0000000000000400", "CapAmb:", "0000000000000400",
                            "1000"]
+
+
+def _status_caps(out: str) -> dict[str, str]:
+    return dict(line.split(":\t") for line in out.splitlines() if line.startswith("Cap"))
+
+
+RUNC_SPEC_CAPS = ("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE")   # `runc spec`'s
+
+
+def test_ambient_capabilities_the_kernel_refuses_are_warnings_as_in_runc(
+        rootfs: Path) -> None:
+    """`runc spec` lists ambient capabilities with an empty inheritable set:
+    the kernel refuses to raise them (PR_CAP_AMBIENT_RAISE needs permitted
+    and inheritable); runc raises what it can and warns about the rest."""
+    caps = Capabilities(bounding=RUNC_SPEC_CAPS, effective=RUNC_SPEC_CAPS,
+                        permitted=RUNC_SPEC_CAPS, ambient=RUNC_SPEC_CAPS)
+    result = launch(make_config(rootfs, ("grep", "^Cap", "/proc/self/status"),
+                                capabilities=caps))
+    assert result.returncode == 0, result
+    assert _status_caps(result.stdout) == {
+        "CapInh": "0000000000000000", "CapPrm": "0000000020000420",
+        "CapEff": "0000000020000420", "CapBnd": "0000000020000420",
+        "CapAmb": "0000000000000000"}
+    assert [line["warning"] for line in result.sync if "warning" in line] == [
+        f"can't raise ambient capability {name}: Operation not permitted"
+        for name in ("CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE")]
+    # runc's own test: CAP_KILL raised, CAP_CHOWN (not inheritable) a warning
+    caps = Capabilities(bounding=RUNC_SPEC_CAPS + ("CAP_CHOWN",),
+                        permitted=RUNC_SPEC_CAPS + ("CAP_CHOWN",), inheritable=("CAP_KILL",),
+                        ambient=("CAP_KILL", "CAP_CHOWN"))
+    result = launch(make_config(rootfs, ("grep", "^CapAmb", "/proc/self/status"),
+                                capabilities=caps, uid=1000, gid=1000))
+    assert result.returncode == 0, result
+    assert result.stdout.split() == ["CapAmb:", "0000000000000020"]
+    assert [line for line in result.sync if "warning" in line] == [
+        {"warning": "can't raise ambient capability CAP_CHOWN: Operation not permitted"}]
+
+
+def test_capability_names_the_launcher_does_not_know_are_ignored(rootfs: Path) -> None:
+    names = ("CAP_KILL", "CAP_FLY")
+    caps = Capabilities(bounding=names, effective=names, permitted=names)
+    result = launch(make_config(rootfs, ("grep", "^CapEff", "/proc/self/status"),
+                                capabilities=caps))
+    assert result.returncode == 0, result
+    assert result.stdout.split() == ["CapEff:", "0000000000000020"]
 
 
 def test_no_new_privileges_is_set(rootfs: Path) -> None:
@@ -482,6 +558,27 @@ def test_exec_into_a_running_container_joins_its_namespaces(rootfs: Path) -> Non
     assert host == "box"
     assert rest[:-1] == ["bin", "data", "dev", "etc", "home", "proc", "sys", "tmp"]
     assert rest[-1] == "sleep"  # the container's init, seen from its pid namespace
+
+
+def test_exec_gets_home_from_passwd_and_fails_on_a_missing_cwd_in_runc_s_words(
+        rootfs: Path) -> None:
+    """An exec's HOME comes from the container's /etc/passwd too; its cwd is
+    not created (runc creates only the init's): chdir fails, as runc's does."""
+    (rootfs / "etc/passwd").write_text("user:x:1000:1000::/home/user:/bin/sh\n")
+    with running(make_config(rootfs, ("sleep", "30"))) as pid:
+        joined = tuple(Namespace(t, f"/proc/{pid}/ns/{n}") for t, n in
+                       (("pid", "pid"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"),
+                        ("mount", "mnt")))
+        home = launch(make_config(Path("/nonexistent"), ("sh", "-c", "echo $HOME; pwd"),
+                                  namespaces=joined, mounts=(), uid=1000, gid=1000,
+                                  cwd="/home/user", env=("PATH=/bin",)))
+        missing = launch(make_config(Path("/nonexistent"), ("true",), namespaces=joined,
+                                     mounts=(), cwd="/nope"))
+    assert (home.returncode, home.stdout.split()) == (0, ["/home/user", "/home/user"]), home
+    assert missing.returncode == 1
+    assert missing.sync[-1] == {
+        "error": 'chdir to cwd ("/nope") set in config.json: No such file or directory'}
+    assert not (rootfs / "nope").exists()
 
 
 def test_only_stdio_is_left_open_in_the_container(rootfs: Path) -> None:

@@ -141,3 +141,40 @@ def test_start_gives_the_guest_pty_a_size_the_engine_set_before(
     finally:
         os.close(pty.master)
         os.close(pty.slave)
+
+
+class TypingAgent(FakeAgent):
+    """A process that prints one line and exits once it has read stdin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.output = [b"from the guest\r\n"]
+        self.stdin = b""
+
+    def read_output(self, cid: str, stream: str, **kwargs: object) -> bytes:
+        return self.output.pop() if stream == "stdout" and self.output else b""
+
+    def write_stdin(self, cid: str, data: bytes, exec_id: str = "") -> int:
+        self.stdin += data
+        self.done.set()
+        return len(data)
+
+
+def test_a_terminal_relay_can_write_its_output_to_stdout_as_exec_t_does(
+        handlers: None) -> None:
+    """A foreground `exec -t` reads the caller's terminal (stdin) and writes
+    to stdout, which may be a file, as runc's does."""
+    pty = open_pty()
+    read_end, write_end = os.pipe()
+    try:
+        os.write(pty.master, b"typed\n")
+        agent = TypingAgent()
+        code = shim.relay(agent, "c1", "e1", tty=pty.slave,  # type: ignore[arg-type]
+                          tty_output=write_end)
+        assert code == 0
+        assert os.read(read_end, 100) == b"from the guest\r\n"
+        assert agent.stdin == b"typed\n"
+    finally:
+        pty.close()
+        os.close(read_end)
+        os.close(write_end)

@@ -125,3 +125,20 @@ def test_bad_size_annotations_are_rejected_by_name(
         vm_size(spec, DEFAULTS)
     assert caught.value.message == (f"config.json: annotation {name} must be an integer of "
                                     f"at least {minimum}, not {json.dumps(value)}")
+
+
+def test_a_cpuset_gets_the_vcpus_it_names_whatever_the_quota(bundle: Path) -> None:
+    spec = spec_with(bundle, {"cpu": {"quota": 50000, "period": 100000, "cpus": "0-1"}})
+    assert vm_size(spec, DEFAULTS).vcpus == 2
+    spec = spec_with(bundle, {"cpu": {"cpus": "0,3"}})
+    assert vm_size(spec, HypervisorConfig(vcpus=1)).vcpus == 4
+
+
+@pytest.mark.parametrize(("cpus", "message"), [
+    ("0-8", 'config.json: linux.resources.cpu.cpus "0-8" names CPU 8, and this host has 8 '
+            "CPUs (0-7)"),
+    ("0-x", 'config.json: linux.resources.cpu.cpus "0-x" is not a CPU list')])
+def test_a_cpuset_the_host_cannot_give_is_refused(bundle: Path, cpus: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        vm_size(spec_with(bundle, {"cpu": {"cpus": cpus}}), DEFAULTS)
+    assert exc.value.message == message

@@ -6,13 +6,16 @@ import copy
 import dataclasses
 import json
 import logging
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kata_py.errors import ConfigError
-from kata_py.spec import Spec, default_spec, load_spec, parse_spec
+from kata_py.spec import Capabilities, Spec, default_spec, load_spec, parse_spec
+from kata_py.translate import to_launch_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spec"
 DELETE = object()
@@ -106,8 +109,9 @@ def test_default_spec_parses(bundle: Path) -> None:
         "CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE")
     assert [m.destination for m in spec.mounts] == [
         "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"]
+    cgroup = ["cgroup"] if Path("/sys/fs/cgroup/cgroup.controllers").exists() else []
     assert [ns.type for ns in spec.linux.namespaces] == [
-        "pid", "network", "ipc", "uts", "mount", "cgroup"]
+        "pid", "network", "ipc", "uts", "mount", *cgroup]   # runc's rule (spec_default.py)
     assert "/proc/kcore" in spec.linux.masked_paths
     assert spec.linux.resources is not None
     assert spec.linux.resources.devices[0].allow is False
@@ -119,8 +123,9 @@ def test_rootless_default_spec_parses_with_a_user_namespace_and_no_network(
     data = default_spec(rootless=True)
     json.dumps(data)
     spec = parse_spec(data, bundle)
+    cgroup = ["cgroup"] if Path("/sys/fs/cgroup/cgroup.controllers").exists() else []
     assert [ns.type for ns in spec.linux.namespaces] == [
-        "pid", "ipc", "uts", "mount", "cgroup", "user"]
+        "pid", "ipc", "uts", "mount", *cgroup, "user"]
     assert spec.linux.uid_mappings[0].container_id == 0
     assert spec.linux.resources is None
     sys_mount = next(m for m in spec.mounts if m.destination == "/sys")
@@ -166,6 +171,63 @@ def test_podman_generated_config_parses(bundle: Path) -> None:
     assert clone.names == ("clone",)
     assert clone.args[0].op == "SCMP_CMP_MASKED_EQ" and clone.args[0].value == 2114060288
     assert spec.hooks.poststop == ()
+
+
+def test_unknown_capability_names_are_dropped_with_a_warning_naming_their_path(
+        bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """runc and crun ignore them with a warning; the guest never sees them."""
+    caps = {"bounding": ["CAP_KILL", "CAP_FLY"], "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL", "CAP_FLY"], "inheritable": ["NET_ADMIN"]}
+    with caplog.at_level(logging.WARNING, logger="kata_py.spec"):
+        spec = parse_spec(patched("process.capabilities", caps), bundle)
+    assert spec.process.capabilities == Capabilities(
+        bounding=("CAP_KILL",), effective=("CAP_KILL",), permitted=("CAP_KILL",))
+    assert caplog.messages == [
+        f"config.json: process.capabilities.{path} is not a known capability; ignored, "
+        "as runc does" for path in ('bounding[1] "CAP_FLY"', 'inheritable[0] "NET_ADMIN"',
+                                    'permitted[1] "CAP_FLY"')]
+
+
+def test_ambient_capabilities_not_also_inheritable_and_permitted_are_dropped_and_logged(
+        bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """PR_CAP_AMBIENT_RAISE needs the capability in both sets: runc 1.1
+    raises the others and says nothing (an info line here); unknown names
+    get a warning."""
+    caps = {"bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_SYSLOG"],
+            "permitted": ["CAP_KILL", "CAP_CHOWN"], "inheritable": ["CAP_CHOWN", "CAP_SYSLOG"],
+            "ambient": ["CAP_KILL", "CAP_CHOWN", "CAP_SYSLOG", "CAP_BPF", "CAP_NOPE"]}
+    with caplog.at_level(logging.INFO, logger="kata_py.spec"):
+        spec = parse_spec(patched("process.capabilities", caps), bundle)
+    assert spec.process.capabilities is not None
+    assert spec.process.capabilities.ambient == ("CAP_CHOWN",)
+    at = "config.json: process.capabilities"
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "INFO", "INFO"]
+    assert caplog.messages == [
+        f'{at}.ambient[4] "CAP_NOPE" is not a known capability; ignored, as runc does',
+        f'{at}.ambient[0] "CAP_KILL" is not in {at[13:]}.inheritable, so the kernel cannot '
+        "raise it; ignored, as runc does",
+        f'{at}.ambient[2] "CAP_SYSLOG" is not in {at[13:]}.permitted, so the kernel cannot '
+        "raise it; ignored, as runc does",
+        f'{at}.ambient[3] "CAP_BPF" is not in {at[13:]}.inheritable and {at[13:]}.permitted, '
+        "so the kernel cannot raise it; ignored, as runc does"]
+
+
+def test_runc_spec_s_own_config_parses_without_a_warning(
+        bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`runc spec` lists ambient capabilities and no inheritable set."""
+    runc = shutil.which("runc")
+    assert runc is not None, "scripts/setup.sh installs runc"
+    made = tmp_path / "runc-spec"
+    made.mkdir()
+    subprocess.run([runc, "spec"], cwd=made, check=True)
+    data = json.loads((made / "config.json").read_text())
+    data["root"]["path"] = str(bundle / "rootfs")
+    with caplog.at_level(logging.WARNING, logger="kata_py.spec"):
+        spec = parse_spec(data, bundle)
+    caps = spec.process.capabilities
+    assert caps is not None and caps.ambient == () and caps.inheritable == ()
+    assert caps.effective == ("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE")
+    assert caplog.messages == []
 
 
 def test_hooks_parse_in_their_order(bundle: Path) -> None:
@@ -258,10 +320,6 @@ BAD_INPUTS = [
      "takes in one string"),
     ("process.oomScoreAdj", 1001,
      "config.json: process.oomScoreAdj must be at most 1000, not 1001"),
-    ("process.capabilities", {"bounding": ["CAP_KILL", "CAP_FLY"]},
-     'config.json: process.capabilities.bounding[1] "CAP_FLY" is not a known capability'),
-    ("process.capabilities", {"ambient": ["NET_ADMIN"]},
-     'config.json: process.capabilities.ambient[0] "NET_ADMIN" is not a known capability'),
     ("process.rlimits", [{"type": "RLIMIT_FOO", "hard": 1, "soft": 1}],
      'config.json: process.rlimits[0].type "RLIMIT_FOO" is not a known rlimit'),
     ("process.rlimits", [{"type": "RLIMIT_NOFILE", "hard": 1, "soft": 1},
@@ -511,3 +569,57 @@ def test_execve_space_follows_the_process_stack_rlimit_up_to_6_mib(bundle: Path)
     assert error_of(doc, bundle).message == (
         "config.json: process.args and process.env are 131073 bytes together, more than the "
         "131072 execve(2) takes with RLIMIT_STACK 524288")
+
+
+NS = [{"type": t} for t in ("pid", "mount", "ipc", "uts", "network")]
+
+
+@pytest.mark.parametrize(("sysctl", "namespaces", "message"), [
+    ("kernel.shmmax", ["pid", "mount"], 'linux.sysctl["kernel.shmmax"] sets an IPC sysctl but '
+     "the container has no IPC namespace of its own"),
+    ("fs.mqueue.msg_max", ["mount"], 'linux.sysctl["fs.mqueue.msg_max"] sets an IPC sysctl '
+     "but the container has no IPC namespace of its own"),
+    ("net.ipv4.ip_forward", ["ipc"], 'linux.sysctl["net.ipv4.ip_forward"] sets a network '
+     "sysctl but the container has no network namespace of its own"),
+    ("kernel.hostname", ["uts"], 'linux.sysctl["kernel.hostname"] conflicts with the hostname '
+     "field"),
+    ("kernel.domainname", ["ipc"], 'linux.sysctl["kernel.domainname"] is not in a kernel '
+     "namespace of the container's own"),
+    ("vm.overcommit_memory", ["ipc", "uts", "network"], 'linux.sysctl["vm.overcommit_memory"] '
+     "is not in a kernel namespace of the container's own"),
+])
+def test_a_sysctl_outside_the_containers_own_namespaces_is_refused_as_runc_does(
+        bundle: Path, sysctl: str, namespaces: list[str], message: str) -> None:
+    doc = minimal()
+    doc["linux"] = {"namespaces": [{"type": t} for t in namespaces], "sysctl": {sysctl: "1"}}
+    err = error_of(doc, bundle)
+    assert err.message == f"config.json: {message}"
+    assert err.hint
+
+
+def test_sysctls_in_namespaces_the_container_owns_are_accepted(bundle: Path) -> None:
+    doc = minimal()
+    doc["linux"] = {"namespaces": NS,
+                    "sysctl": {"kernel.shmmax": "1", "fs.mqueue.msg_max": "20",
+                               "net.ipv4.ping_group_range": "0 0", "kernel.domainname": "d"}}
+    linux = parse_spec(doc, bundle).linux
+    assert linux is not None and len(linux.sysctl) == 4
+    doc["linux"]["namespaces"] = [{"type": "network", "path": "/run/netns/x"}]
+    doc["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}       # the engine's netns, mirrored
+    linux = parse_spec(doc, bundle).linux
+    assert linux is not None and linux.sysctl == {"net.ipv4.ip_forward": "1"}
+
+
+def test_a_huge_page_size_the_guest_lacks_is_refused_and_known_ones_become_limits(
+        bundle: Path) -> None:
+    doc = minimal()
+    doc["linux"] = {"resources": {"hugepageLimits": [{"pageSize": "2MB", "limit": 0},
+                                                     {"pageSize": "4MB", "limit": 1}]}}
+    err = error_of(doc, bundle)
+    assert err.message == ('config.json: linux.resources.hugepageLimits[1].pageSize "4MB": the '
+                           "guest kernel has no huge pages of that size")
+    assert err.hint == "use one of 2MB, 1GB"
+    del doc["linux"]["resources"]["hugepageLimits"][1]
+    launch, _ = to_launch_config(parse_spec(doc, bundle), "c1")
+    assert launch.cgroup is not None
+    assert launch.cgroup.resources.unified == {"hugetlb.2MB.max": "0"}

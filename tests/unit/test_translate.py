@@ -70,7 +70,7 @@ def test_podman_binds_are_shared_and_rewritten(tmp_path: Path) -> None:
     binds = {m.destination: m for m in config.mounts if m.type == "bind"}
     assert set(binds) >= {"/etc/hosts", "/etc/resolv.conf", "/data"}
     data = binds["/data"]
-    assert data.source.startswith(f"{GUEST_SHARE}/c2/mounts/") and data.source.endswith("-data")
+    assert data.source.startswith(f"{GUEST_SHARE}/c2/mounts/") and data.source.endswith("/data")
     share = next(s for s in shares if s.source == Path("/srv/data"))
     assert f"{GUEST_SHARE}/{share.target}" == data.source
     kernel = {m.destination: m.type for m in config.mounts if m.type != "bind"}
