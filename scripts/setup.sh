@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(ca-certificates qemu-system-x86 qemu-system-common python3 python3-venv python3-dev
               busybox-static cpio e2fsprogs binutils file zstd lz4 xz-utils iproute2 procps
-              # the podman end-to-end tests and benchmarks (issue 4)
+              # the podman end-to-end tests and benchmarks
               podman conmon netavark aardvark-dns iptables iperf3 mmdebstrap
+              # the other OCI tools the end-to-end tests drive kata-py with
+              skopeo umoci buildah
               # the benchmarks' baselines, beside kata-py in the same run
               runc crun)
 
