@@ -61,7 +61,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UNIX_PATH_MAX = 107
 DAEMON_EXIT_WAIT_S = 1.0
 WATCH_SLICE_S = 1.0        # watch(): a pid reused before its pidfd was opened is seen by then
-BLAME_WAIT_S = 0.5         # _lose(): QEMU exiting anyway, after a daemon it dropped
+BLAME_WAIT_S = 2.0         # _lose(): QEMU exiting anyway, after a daemon it dropped
 STATE_FILE = "sandbox.json"
 
 
@@ -387,9 +387,10 @@ class Sandbox:
 
     def _lose(self, ref: ProcessRef) -> None:
         # A VM on its way out (a guest panic, say) drops its vhost-user
-        # daemons before its own exit: a daemon only is the cause if QEMU
-        # is still running a moment later.
-        if ref is not self.vm and self.vm is not None and self.vm.wait(BLAME_WAIT_S):
+        # daemons before its own exit: a daemon only is the cause if the
+        # guest did not panic and QEMU is still running a moment later.
+        if ref is not self.vm and self.vm is not None and (
+                self._panic_line() or self.vm.wait(BLAME_WAIT_S)):
             ref = self.vm
         if self._stopping.is_set():
             return
@@ -415,13 +416,18 @@ class Sandbox:
                 f"its VM (QEMU pid {self.vm.pid}) exited unexpectedly")
         return "its agent stopped answering"
 
+    def _panic_line(self) -> str:
+        """The guest kernel's panic line from the console's tail, or ""."""
+        lines = log_tail(self.console_log, 60).splitlines()
+        return next((ln.strip() for ln in lines if "Kernel panic" in ln), "")
+
     def _with_console_reason(self, message: str) -> str:
         """message plus the guest's last words, unless that is the agent's ready
         line; a kernel panic's own line rather than the trace that follows it."""
-        tail = [ln for ln in log_tail(self.console_log, 60).splitlines() if ln.strip()]
-        panic = [ln for ln in tail if "Kernel panic" in ln]
+        panic = self._panic_line()
         if panic:
-            return f"{message}: the guest kernel panicked (console: {panic[0].strip()})"
+            return f"{message}: the guest kernel panicked (console: {panic})"
+        tail = [ln for ln in log_tail(self.console_log, 20).splitlines() if ln.strip()]
         if not tail or tail[-1].startswith(READY_LINE):
             return message
         return f"{message} (console: {tail[-1].strip()})"
