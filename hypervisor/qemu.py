@@ -255,22 +255,18 @@ def _await_main_loop(qmp_socket: Path, proc: subprocess.Popen[bytes], timeout_s:
             raise ProcessLookupError(proc.pid)
         if time.monotonic() > deadline:
             raise TimeoutError
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.connect(str(qmp_socket))
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            stream = sock.makefile("rwb")
-            if stream.readline():               # the greeting
-                stream.write(b'{"execute": "qmp_capabilities"}\n')
-                stream.flush()
-                if b'"return"' in stream.readline():
-                    return
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass                                # its socket is not listening yet
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+                sock.connect(str(qmp_socket))
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                with sock.makefile("rwb") as stream:
+                    if stream.readline():               # the greeting
+                        stream.write(b'{"execute": "qmp_capabilities"}\n')
+                        stream.flush()
+                        if b'"return"' in stream.readline():
+                            return
         except OSError:
-            pass                                # reset or timed out: look again
-        finally:
-            sock.close()
+            pass            # not listening yet, reset or timed out: look again
         time.sleep(LAUNCH_POLL_S)
 
 

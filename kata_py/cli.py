@@ -345,7 +345,7 @@ def state(obj: Context, container_id: str) -> None:
     from kata_py.state import StateStore
 
     st = StateStore(obj.root_dir / "containers").load(container_id)
-    click.echo(go_dumps(runc_state(st.oci(), pid=st.pid), indent=True), nl=False)  # runc's
+    click.echo(go_dumps(runc_state(st.oci()), indent=True), nl=False)  # runc's
 
 
 @cli.command(args_usage="<container-id> [signal]")
@@ -633,7 +633,7 @@ def list_(obj: Context, fmt: str, quiet: bool) -> None:
     from kata_py.state import StateStore
 
     store = StateStore(obj.root_dir / "containers")
-    states = [runc_state(st.oci(), _owner(store.root / st.id), st.pid) for st in store.list()]
+    states = [runc_state(st.oci(), _owner(store.root / st.id)) for st in store.list()]
     if quiet:
         for st in states:
             click.echo(st["id"])

@@ -121,18 +121,17 @@ def go_time(rfc3339: str) -> str:
     return f"{head}.{digits}Z" if digits else f"{head}Z"
 
 
-def runc_state(oci: dict[str, object], owner: str | None = None, pid: object = 0
-               ) -> dict[str, object]:
+def runc_state(oci: dict[str, object], owner: str | None = None) -> dict[str, object]:
     """An OCI state object (ContainerState.oci()) in the shape runc's `state`
     and `list --format json` print (runc list.go, containerState): its field
     order, annotations only when there are some (sorted: a Go map), the
     created time as Go writes it. "creating" is kata-py's own word for a
     create still under way, which is "created" to runc's users (runc shows
-    a container only once its init exists, as "created"), with `pid`, the
-    recorded one (the create's, then the holder's), as created's pid."""
+    a container only once its init exists, as "created"), with the pid
+    recorded (the create's, then the holder's) as created's."""
     creating = oci["status"] == "creating"
     out: dict[str, object] = {
-        "ociVersion": oci["ociVersion"], "id": oci["id"], "pid": pid if creating else oci["pid"],
+        "ociVersion": oci["ociVersion"], "id": oci["id"], "pid": oci["pid"],
         "status": "created" if creating else oci["status"], "bundle": oci["bundle"],
         "rootfs": oci["rootfs"], "created": go_time(str(oci["created"]))}
     annotations = oci.get("annotations")
@@ -150,7 +149,8 @@ def oci_state(raw: dict[str, object]) -> dict[str, object]:
             pid and _alive(pid, raw["pid_start_time"])):  # type: ignore[arg-type]
         status = "stopped"
     out: dict[str, object] = {"ociVersion": OCI_VERSION, "id": raw["id"], "status": status,
-                           "bundle": raw["bundle"], "pid": pid if status in LIVE else 0,
+                           "bundle": raw["bundle"],
+                           "pid": pid if status in LIVE or status == "creating" else 0,
                            "rootfs": raw["rootfs"], "created": raw["created"],
                            "owner": raw.get("owner", "")}
     if raw.get("annotations"):
@@ -194,7 +194,7 @@ def fast_state(argv: list[str]) -> str | None:
             raw = loads(f.read().decode())
         if not isinstance(raw, dict):
             return None
-        return go_dumps(runc_state(oci_state(raw), pid=raw["pid"]), indent=True)
+        return go_dumps(runc_state(oci_state(raw)), indent=True)
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
 

@@ -86,9 +86,8 @@ def restrict(target: Path, flags: int) -> None:
         return
     if ctypes.get_errno() != errno.ENOSYS:
         _check(rc, f"restricting the bind mount {target}")
-    # An older kernel: a bind remount changes one mount's flags, so each in turn.
-    # MS_REMOUNT keeps the flags it is not given only for the locked ones:
-    # pass what the mount already has too.
+    # An older kernel: a bind remount sets one mount's flags, so each in
+    # turn, with the ones it has already (a remount clears what it is not given).
     for point in reversed(mounts_below(target)):
         have = _mount_flags(point)
         _check(_libc.mount(None, str(point).encode(), None,

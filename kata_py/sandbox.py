@@ -409,7 +409,7 @@ class Sandbox:
         """Why the agent stopped answering a running sandbox: its VM or one of
         its daemons ended (with the guest's panic line, if it panicked), or not."""
         ref = self.lost or self.dead_process()
-        if ref is not None and ref is not self.vm and ref.name != "qemu":
+        if ref is not None and ref is not self.vm:
             return f"its {ref.name} (pid {ref.pid}) exited unexpectedly"
         if self.vm is not None and not self.vm.alive():
             return self._with_console_reason(

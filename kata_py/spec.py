@@ -17,9 +17,10 @@ encountered"). Rejected as unsupported here: the `solaris`, `windows`, `vm`,
 `uidMappings`/`gidMappings` (idmapped mounts); see spec_linux.py for `linux`.
 Refused because the guest would fail on them after the VM booted: the id
 4294967295 ((uid_t)-1), and process (or hook) args and env that execve(2)
-would refuse with E2BIG. Dropped with a warning (the JSON path), as runc
-and crun ignore them: capability names that are not capabilities, and
-ambient capabilities that are not also inheritable and permitted.
+would refuse with E2BIG. Dropped, as runc and crun ignore them:
+capability names that are not capabilities (with a warning naming the JSON
+path), and ambient capabilities that are not also inheritable and
+permitted (logged only, as runc 1.1 says nothing).
 
 It reads files only; it must not create, mount or change anything.
 """

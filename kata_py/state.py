@@ -77,8 +77,8 @@ class ContainerState:
         """The state object of the OCI runtime-spec (runtime.md "State")."""
         out: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": self.id,
                                "status": self.status, "bundle": self.bundle}
-        if self.status in ("created", "running", "paused"):
-            out["pid"] = self.pid
+        if self.status in ("creating", "created", "running", "paused"):
+            out["pid"] = self.pid     # while creating, create's own, then the holder's
         else:
             out["pid"] = 0
         out.update(rootfs=self.rootfs, created=self.created, owner=self.owner)
