@@ -8,11 +8,14 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(ca-certificates qemu-system-x86 qemu-system-common python3 python3-venv python3-dev
               busybox-static cpio e2fsprogs binutils file zstd lz4 xz-utils iproute2 procps
+              # setpriv: the sandbox's daemons die with their shim (Essential, listed for clarity)
+              util-linux
               # the podman end-to-end tests and benchmarks
               podman conmon netavark aardvark-dns iptables iperf3 mmdebstrap
               # the other OCI tools the end-to-end tests drive kata-py with
               skopeo umoci buildah
-              # the benchmarks' baselines, beside kata-py in the same run
+              # the benchmarks' baselines, beside kata-py in the same run; runc is
+              # also what the tests compare `kata-py spec` and runc-spec bundles with
               runc crun)
 
 step() { printf '==> %s\n' "$*"; }
