@@ -1,4 +1,4 @@
-"""cgroup v2 for one container: create, limit, join, freeze/thaw, stats.
+"""cgroup v2 for one container: create, limit, join, freeze/thaw, read.
 
 Owns the translation of OCI `linux.resources` (config-linux.md, "Control
 groups") onto cgroup v2 interface files, following runc's
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from kata_py.agent.launch_config import Cgroup, Resources
@@ -187,79 +186,25 @@ def thaw(path: Path) -> None:
     _set_frozen(path, False)
 
 
-@dataclass(frozen=True)
-class CgroupStats:
-    """What the agent reports for StatsContainer; None where the controller is off."""
-
-    memory_current: int | None
-    oom_kills: int | None
-    cpu_usage_usec: int | None
-    cpu_user_usec: int | None
-    cpu_system_usec: int | None
-    pids_current: int | None
-    memory_anon: int | None = None
-    memory_file: int | None = None
-    memory_max: int | None = None          # None also for "max"
-    io_read_bytes: int | None = None
-    io_write_bytes: int | None = None
+STAT_PREFIXES = ("memory.", "cpu.", "cpuset.", "pids.", "io.", "hugetlb.")
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_keyed(path: Path) -> dict[str, int]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}
-    out: dict[str, int] = {}
-    for line in lines:
-        key, _, value = line.partition(" ")
-        if value.strip().isdigit():
-            out[key] = int(value)
-    return out
-
-
-def _read_io(path: Path) -> tuple[int | None, int | None]:
-    """io.stat's rbytes and wbytes, summed over devices (None without io)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return None, None
-    read = written = 0
-    for line in lines:
-        for field_ in line.split()[1:]:
-            key, _, value = field_.partition("=")
-            if value.isdigit():
-                read += int(value) if key == "rbytes" else 0
-                written += int(value) if key == "wbytes" else 0
-    return read, written
-
-
-def stats(path: Path) -> CgroupStats:
-    """memory.current/stat/max, memory.events oom_kill, cpu.stat,
-    pids.current, io.stat."""
-    cpu = _read_keyed(path / "cpu.stat")
-    events = _read_keyed(path / "memory.events")
-    memory = _read_keyed(path / "memory.stat")
-    io_read, io_write = _read_io(path / "io.stat")
-    return CgroupStats(
-        memory_current=_read_int(path / "memory.current"),
-        oom_kills=events.get("oom_kill"),
-        cpu_usage_usec=cpu.get("usage_usec"),
-        cpu_user_usec=cpu.get("user_usec"),
-        cpu_system_usec=cpu.get("system_usec"),
-        pids_current=_read_int(path / "pids.current"),
-        memory_anon=memory.get("anon"),
-        memory_file=memory.get("file"),
-        memory_max=_read_int(path / "memory.max"),
-        io_read_bytes=io_read,
-        io_write_bytes=io_write,
-    )
+def interface_files(path: Path) -> dict[str, str]:
+    """Every readable file of the controllers' interfaces in the cgroup, by
+    name, as read (StatsContainer: the host parses and renders them)."""
+    files: dict[str, str] = {}
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if not entry.name.startswith(STAT_PREFIXES) or entry.name.endswith(".pressure"):
+                continue
+            if not entry.stat().st_mode & 0o444:      # memory.reclaim: write-only
+                continue
+            try:
+                with open(entry.path) as f:
+                    files[entry.name] = f.read()
+            except OSError:
+                continue                              # a file that refuses reads
+    return files
 
 
 def remove(path: Path) -> None:

@@ -140,6 +140,7 @@ class Container:
     tty: int | None
     start: int | None
     cgroup: Path | None = None
+    cpu_shares: int = 0           # the OCI value last applied (StatsContainer)
     started: bool = False
     flushed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -300,7 +301,8 @@ class ContainerManager:
                       Stream(pipes["stdout"][0], f"{container_id}-stdout"),
                       Stream(pipes["stderr"][0], f"{container_id}-stderr"),
                       sync, tty, pipes["start"][1],
-                      cgroups.cgroup_dir(config.cgroup) if config.cgroup else None)
+                      cgroups.cgroup_dir(config.cgroup) if config.cgroup else None,
+                      (config.cgroup.resources.cpu_shares or 0) if config.cgroup else 0)
         with self.lock:
             self.containers[container_id] = c
         log.info("%s created, pid %d", container_id, container_pid)
@@ -421,26 +423,19 @@ class ContainerManager:
         except launch_config.LaunchConfigError as exc:
             raise InvalidArgument(str(exc)) from exc
         cgroups.apply(self._cgroup(container_id), resources)
+        if resources.cpu_shares:
+            self.get(container_id).cpu_shares = resources.cpu_shares
 
-    def stats(self, container_id: str) -> cgroups.CgroupStats:
-        return cgroups.stats(self._cgroup(container_id))
+    def stats(self, container_id: str) -> tuple[dict[str, str], int]:
+        """The cgroup's interface files and the OCI cpu.shares last applied."""
+        files = cgroups.interface_files(self._cgroup(container_id))
+        return files, self.get(container_id).cpu_shares
 
     def pause(self, container_id: str) -> None:
         cgroups.freeze(self._cgroup(container_id))
 
     def resume(self, container_id: str) -> None:
         cgroups.thaw(self._cgroup(container_id))
-
-    def processes(self, container_id: str) -> list[tuple[int, list[str]]]:
-        """(pid, argv) of every process in the container's cgroup."""
-        out = []
-        for line in (self._cgroup(container_id) / "cgroup.procs").read_text().split():
-            try:
-                raw = Path(f"/proc/{line}/cmdline").read_bytes()
-            except OSError:
-                continue  # exited meanwhile
-            out.append((int(line), [a.decode(errors="replace") for a in raw.split(b"\0") if a]))
-        return out
 
     def read_processes(self, container_id: str) -> list[ProcFiles]:
         """The /proc files of the container's processes, as the container's

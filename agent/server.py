@@ -182,17 +182,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
     def StatsContainer(self, request: pb.ContainerRequest,
                        context: grpc.ServicerContext) -> Any:
         def do() -> pb.StatsContainerResponse:
-            st = self.containers.stats(request.container_id)
-
-            def v(x: int | None) -> int:
-                return -1 if x is None else x
-            return pb.StatsContainerResponse(
-                memory_current_bytes=v(st.memory_current), oom_kills=v(st.oom_kills),
-                cpu_usage_usec=v(st.cpu_usage_usec), cpu_user_usec=v(st.cpu_user_usec),
-                cpu_system_usec=v(st.cpu_system_usec), pids_current=v(st.pids_current),
-                memory_anon_bytes=v(st.memory_anon), memory_file_bytes=v(st.memory_file),
-                memory_max_bytes=v(st.memory_max), io_read_bytes=v(st.io_read_bytes),
-                io_write_bytes=v(st.io_write_bytes))
+            files, shares = self.containers.stats(request.container_id)
+            return pb.StatsContainerResponse(files=files, cpu_shares=shares)
         return _handle(context, "StatsContainer", do)
 
     def PauseContainer(self, request: pb.ContainerRequest,
@@ -204,12 +195,6 @@ class AgentService(pb_grpc.AgentServiceServicer):
                         context: grpc.ServicerContext) -> Any:
         return _handle(context, "ResumeContainer", _void(
             lambda: self.containers.resume(request.container_id)))
-
-    def ListProcesses(self, request: pb.ContainerRequest,
-                      context: grpc.ServicerContext) -> Any:
-        return _handle(context, "ListProcesses", lambda: pb.ListProcessesResponse(
-            processes=[pb.ProcessInfo(pid=pid, args=args)
-                       for pid, args in self.containers.processes(request.container_id)]))
 
     def ReadProcesses(self, request: pb.ContainerRequest,
                       context: grpc.ServicerContext) -> Any:

@@ -22,6 +22,7 @@ from kata_py.agent.protocols import agent_pb2 as pb  # noqa: E402
 from kata_py.agent.protocols import agent_pb2_grpc as pb_grpc  # noqa: E402
 
 if TYPE_CHECKING:
+    from kata_py.guest_cgroup import GuestCgroup
     from kata_py.network import Interface, Route
 
 T = TypeVar("T")
@@ -214,15 +215,13 @@ class AgentClient:
                    pb.UpdateContainerRequest(container_id=container_id,
                                              resources_json=resources_json))
 
-    def stats(self, container_id: str, timeout_s: float = RPC_TIMEOUT_S
-              ) -> dict[str, int | None]:
-        """cgroup usage in the guest; None where the controller is off."""
+    def stats(self, container_id: str, timeout_s: float = RPC_TIMEOUT_S) -> GuestCgroup:
+        """The container's guest cgroup (guest_cgroup.py reads it)."""
+        from kata_py.guest_cgroup import GuestCgroup
+
         r = self._call("StatsContainer", self.agent.StatsContainer,
                        pb.ContainerRequest(container_id=container_id), timeout_s)
-        fields = ("memory_current_bytes", "oom_kills", "cpu_usage_usec", "cpu_user_usec",
-                  "cpu_system_usec", "pids_current", "memory_anon_bytes", "memory_file_bytes",
-                  "memory_max_bytes", "io_read_bytes", "io_write_bytes")
-        return {f: (None if getattr(r, f) < 0 else int(getattr(r, f))) for f in fields}
+        return GuestCgroup(dict(r.files), int(r.cpu_shares))
 
     def pause_container(self, container_id: str) -> None:
         self._call("PauseContainer", self.agent.PauseContainer,
@@ -231,11 +230,6 @@ class AgentClient:
     def resume_container(self, container_id: str) -> None:
         self._call("ResumeContainer", self.agent.ResumeContainer,
                    pb.ContainerRequest(container_id=container_id))
-
-    def list_processes(self, container_id: str) -> list[tuple[int, list[str]]]:
-        r = self._call("ListProcesses", self.agent.ListProcesses,
-                       pb.ContainerRequest(container_id=container_id))
-        return [(int(p.pid), list(p.args)) for p in r.processes]
 
     def read_processes(self, container_id: str, timeout_s: float = RPC_TIMEOUT_S
                        ) -> tuple[list[tuple[int, bytes, bytes, bytes, str]], int]:

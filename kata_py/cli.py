@@ -510,7 +510,8 @@ def _bytes(value: str | None) -> int | None:
 @click.option("--memory", default=None, help="memory limit (bytes, k/m/g)")
 @click.option("--memory-reservation", default=None)
 @click.option("--memory-swap", default=None, help="memory + swap limit")
-@click.option("--cpu-shares", type=int, default=None)
+@click.option("--cpu-share", "--cpu-shares", "cpu_shares", type=int, default=None,
+              help="CPU shares (relative weight vs. other containers)")
 @click.option("--cpu-quota", type=int, default=None)
 @click.option("--cpu-period", type=int, default=None)
 @click.option("--cpuset-cpus", default=None)
@@ -562,42 +563,10 @@ def events(obj: Context, stats: bool, interval: str, container_id: str) -> None:
         raise KataError(f"invalid --interval {interval!r}", "use e.g. 5s or 500ms") from None
     while True:
         data = runtime.stats(obj.root_dir, container_id, obj.config_path)
-        click.echo(go_dumps({"type": "stats", "id": container_id, "data": _runc_stats(data)}))
+        click.echo(go_dumps({"type": "stats", "id": container_id, "data": data}))
         if stats:
             return
         time.sleep(seconds)
-
-
-U64_MAX = (1 << 64) - 1      # what runc reports for a cgroup v2 "max"
-CPUSET_ZERO = {"cpu_exclusive": 0, "mem_hardwall": 0, "mem_exclusive": 0, "memory_migrate": 0,
-               "memory_spread_page": 0, "memory_spread_slab": 0, "memory_pressure": 0,
-               "sched_load_balance": 0, "sched_relax_domain_level": 0}
-
-
-def _runc_stats(data: dict[str, Any]) -> dict[str, Any]:
-    """runtime.stats() as runc's types.Stats (runc types/events.go and
-    events.go convertLibcontainerStats, cgroup v2 without swap accounting):
-    every field in its struct's order, Go's `omitempty` zeros left out."""
-    def some(**fields: int | None) -> dict[str, int]:        # omitempty
-        return {k: v for k, v in fields.items() if v}
-
-    usage, memory = data["cpu"]["usage"], data["memory"]["usage"]
-    raw = {k: v for k, v in sorted(data["memory"]["raw"].items()) if v is not None}
-    limit = U64_MAX if memory["limit"] is None else memory["limit"]
-    mem = {"limit": limit, **some(usage=memory["usage"]), "failcnt": 0}
-    return {
-        "cpu": {"usage": {**some(total=usage["total"]), "kernel": usage["kernel"] or 0,
-                          "user": usage["user"] or 0}, "throttling": {}},
-        "cpuset": CPUSET_ZERO,
-        "memory": {**some(cache=raw.get("file")), "usage": mem,
-                   "swap": dict(mem),     # on v2, memory + swap (v1's way); the guest has none
-                   "kernel": {"limit": 0, "failcnt": 0}, "kernelTCP": {"limit": 0, "failcnt": 0},
-                   **({"raw": raw} if raw else {})},
-        "pids": some(current=data["pids"]["current"]),
-        "blkio": {key: [some(major=e["major"], minor=e["minor"]) | {"op": e["op"]}
-                        | some(value=e["value"]) for e in entries]
-                  for key, entries in data["blkio"].items() if entries},
-        "hugetlb": {}, "intel_rdt": {}, "network_interfaces": None}
 
 
 def _owner(path: Path) -> str:

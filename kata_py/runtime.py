@@ -62,7 +62,9 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
         raise KataError("--console-socket was given but process.terminal is false",
                         "set process.terminal to true in config.json or drop the flag")
     try:
-        cgroup_path = host_cgroup.relative_path(spec.linux.cgroups_path if spec.linux else "")
+        # runc's default: a cgroup named after the container below its own (the root here)
+        cgroup_path = host_cgroup.relative_path(
+            (spec.linux.cgroups_path if spec.linux else "") or f"/{cid}")
     except ValueError as exc:
         raise ConfigError(f"config.json: linux.{exc}", "fix linux.cgroupsPath") from exc
     st = store(root)
@@ -475,28 +477,13 @@ def update(root: Path, cid: str, changes: dict[str, Any], config_path: str | Non
 
 
 def stats(root: Path, cid: str, config_path: str | None) -> dict[str, Any]:
-    """runc's `events --stats` data shape, from the guest cgroup."""
+    """runc's `events --stats` data (types.Stats), from the guest cgroup."""
+    from kata_py.guest_cgroup import runc_stats
+
     state = store(root).load(cid)
     if state.status not in ("created", "running", "paused"):
         raise StateError(f"container {cid} is {state.status}", "it has no statistics")
-    raw = _agent(root, cid, config_path).stats(cid)
-    usec_to_ns = 1000
-
-    def ns(value: int | None) -> int | None:
-        return None if value is None else value * usec_to_ns
-    return {"cpu": {"usage": {"total": ns(raw["cpu_usage_usec"]),
-                              "user": ns(raw["cpu_user_usec"]),
-                              "kernel": ns(raw["cpu_system_usec"])}},
-            "memory": {"usage": {"usage": raw["memory_current_bytes"],
-                                 "limit": raw["memory_max_bytes"]},
-                       "oom_kill": raw["oom_kills"],
-                       "raw": {"anon": raw["memory_anon_bytes"],
-                               "file": raw["memory_file_bytes"]}},
-            "pids": {"current": raw["pids_current"]},
-            "blkio": {"ioServiceBytesRecursive": [
-                {"major": 0, "minor": 0, "op": op, "value": raw[key]}
-                for op, key in (("Read", "io_read_bytes"), ("Write", "io_write_bytes"))
-                if raw[key] is not None]}}
+    return runc_stats(_agent(root, cid, config_path).stats(cid))
 
 
 def pause(root: Path, cid: str, config_path: str | None) -> None:

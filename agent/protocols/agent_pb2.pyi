@@ -98,30 +98,19 @@ class UpdateContainerRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ..., resources_json: _Optional[bytes] = ...) -> None: ...
 
 class StatsContainerResponse(_message.Message):
-    __slots__ = ("memory_current_bytes", "oom_kills", "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "pids_current", "memory_anon_bytes", "memory_file_bytes", "memory_max_bytes", "io_read_bytes", "io_write_bytes")
-    MEMORY_CURRENT_BYTES_FIELD_NUMBER: _ClassVar[int]
-    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
-    CPU_USAGE_USEC_FIELD_NUMBER: _ClassVar[int]
-    CPU_USER_USEC_FIELD_NUMBER: _ClassVar[int]
-    CPU_SYSTEM_USEC_FIELD_NUMBER: _ClassVar[int]
-    PIDS_CURRENT_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_ANON_BYTES_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
-    IO_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
-    IO_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
-    memory_current_bytes: int
-    oom_kills: int
-    cpu_usage_usec: int
-    cpu_user_usec: int
-    cpu_system_usec: int
-    pids_current: int
-    memory_anon_bytes: int
-    memory_file_bytes: int
-    memory_max_bytes: int
-    io_read_bytes: int
-    io_write_bytes: int
-    def __init__(self, memory_current_bytes: _Optional[int] = ..., oom_kills: _Optional[int] = ..., cpu_usage_usec: _Optional[int] = ..., cpu_user_usec: _Optional[int] = ..., cpu_system_usec: _Optional[int] = ..., pids_current: _Optional[int] = ..., memory_anon_bytes: _Optional[int] = ..., memory_file_bytes: _Optional[int] = ..., memory_max_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ...) -> None: ...
+    __slots__ = ("files", "cpu_shares")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SHARES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.ScalarMap[str, str]
+    cpu_shares: int
+    def __init__(self, files: _Optional[_Mapping[str, str]] = ..., cpu_shares: _Optional[int] = ...) -> None: ...
 
 class TtyWinResizeRequest(_message.Message):
     __slots__ = ("container_id", "exec_id", "rows", "cols")
@@ -134,20 +123,6 @@ class TtyWinResizeRequest(_message.Message):
     rows: int
     cols: int
     def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
-
-class ProcessInfo(_message.Message):
-    __slots__ = ("pid", "args")
-    PID_FIELD_NUMBER: _ClassVar[int]
-    ARGS_FIELD_NUMBER: _ClassVar[int]
-    pid: int
-    args: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pid: _Optional[int] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
-
-class ListProcessesResponse(_message.Message):
-    __slots__ = ("processes",)
-    PROCESSES_FIELD_NUMBER: _ClassVar[int]
-    processes: _containers.RepeatedCompositeFieldContainer[ProcessInfo]
-    def __init__(self, processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ...) -> None: ...
 
 class ProcFiles(_message.Message):
     __slots__ = ("pid", "stat", "status", "cmdline", "pid_ns")

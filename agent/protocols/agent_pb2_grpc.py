@@ -246,11 +246,6 @@ class AgentServiceStub:
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
                 response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
-        self.ListProcesses = channel.unary_unary(
-                '/kata_py.agent.v1.AgentService/ListProcesses',
-                request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
-                response_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.FromString,
-                _registered_method=True)
         self.ReadProcesses = channel.unary_unary(
                 '/kata_py.agent.v1.AgentService/ReadProcesses',
                 request_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
@@ -377,7 +372,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StatsContainer(self, request, context):
-        """Usage figures from the container's cgroup (runc events --stats).
+        """The container's cgroup interface files (runc events --stats, and the
+        host's view of the container's cgroup, kata_py/guest_cgroup.py).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -392,13 +388,6 @@ class AgentServiceServicer:
 
     def ResumeContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListProcesses(self, request, context):
-        """The processes in the container's cgroup, as the guest sees them.
-        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -522,11 +511,6 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ResumeContainer,
                     request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
                     response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.SerializeToString,
-            ),
-            'ListProcesses': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListProcesses,
-                    request_deserializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.FromString,
-                    response_serializer=kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.SerializeToString,
             ),
             'ReadProcesses': grpc.unary_unary_rpc_method_handler(
                     servicer.ReadProcesses,
@@ -1031,33 +1015,6 @@ class AgentService:
             '/kata_py.agent.v1.AgentService/ResumeContainer',
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
             kata__py_dot_agent_dot_protocols_dot_agent__pb2.Empty.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListProcesses(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/kata_py.agent.v1.AgentService/ListProcesses',
-            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ContainerRequest.SerializeToString,
-            kata__py_dot_agent_dot_protocols_dot_agent__pb2.ListProcessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ sysctls the spec sets reach the container's own cgroup and namespaces."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,54 @@ def test_a_bind_mount_shows_its_sources_name_as_its_root_in_mountinfo(root: Path
     assert r.returncode == 0, r.stderr
     (line,) = [ln.split() for ln in r.stdout.decode().splitlines() if ln.split()[4] == "/data"]
     assert line[3].endswith("/srcname"), line
+
+
+def _host_files(cid: str) -> dict[str, Path]:
+    """Where a tool finds each kind of file of the container's host cgroup."""
+    from kata_py import statsview
+    return {kind: directory for directory, kinds in statsview.targets(f"/{cid}")
+            for kind in kinds}
+
+
+def test_the_host_cgroup_shows_the_guest_cgroups_limits_and_usage(root: Path,
+                                                                 tmp_path: Path) -> None:
+    """Tools read a container's limits and usage at its host cgroup, runc's
+    default `/<id>` without a cgroupsPath; kata-py serves the guest cgroup's
+    figures there in each controller's own format, and follows `update`."""
+    busybox_rootfs(tmp_path / "rootfs")
+    spec = default_spec()
+    assert "cgroupsPath" not in spec["linux"]
+    spec["process"].update(terminal=False, args=["sleep", "600"])
+    spec["linux"]["resources"] = {
+        "memory": {"limit": 268435456, "swap": 335544320},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
+        "pids": {"limit": 64},
+        "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]}
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    r = kp(root, "run", "-d", "-b", str(tmp_path), "hcg")
+    assert r.returncode == 0, r.stderr
+    where = _host_files("hcg")
+    assert {"memory", "cpu", "cpuset", "pids", "hugetlb", "v2"} <= set(where), where
+
+    def read(kind: str, name: str) -> str:
+        return (where[kind] / name).read_text().strip()
+    assert read("memory", "memory.limit_in_bytes") == "268435456"
+    assert read("memory", "memory.memsw.limit_in_bytes") == "335544320"
+    assert 0 < int(read("memory", "memory.usage_in_bytes")) \
+        <= int(read("memory", "memory.max_usage_in_bytes"))
+    assert (read("cpu", "cpu.cfs_quota_us"), read("cpu", "cpu.cfs_period_us"),
+            read("cpu", "cpu.shares")) == ("50000", "100000", "512")
+    assert read("cpuset", "cpuset.cpus") == "0"
+    assert read("pids", "pids.max") == "64" and int(read("pids", "pids.current")) >= 1
+    assert read("hugetlb", "hugetlb.2MB.limit_in_bytes") == "4194304"
+    assert (read("v2", "memory.max"), read("v2", "cpu.max")) == ("268435456", "50000 100000")
+
+    r = kp(root, "update", "--pids-limit", "32", "--cpu-share", "1024", "hcg")
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 5           # the view reuses a sample for 0.5 s
+    while read("pids", "pids.max") != "32" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (read("pids", "pids.max"), read("cpu", "cpu.shares")) == ("32", "1024")
+
+    assert kp(root, "delete", "--force", "hcg").returncode == 0
+    assert not any(d.exists() for d in where.values()), where

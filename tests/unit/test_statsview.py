@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from kata_py import statsview
+from kata_py import guest_cgroup, statsview
+from kata_py.guest_cgroup import GuestCgroup
 
-STATS = {"memory_current_bytes": 52_000_000, "memory_max_bytes": 268_435_456,
-         "memory_anon_bytes": 2_000_000, "memory_file_bytes": 49_000_000,
-         "cpu_usage_usec": 2_500_000, "cpu_user_usec": 2_000_000, "cpu_system_usec": 500_000,
-         "pids_current": 3, "io_read_bytes": 4096, "io_write_bytes": 8192, "oom_kills": 0}
+GUEST = GuestCgroup({"memory.current": "52000000\n", "memory.max": "268435456\n",
+                     "pids.current": "3\n", "hugetlb.2MB.max": "max\n"})
 
 HYBRID = """\
 35 25 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
@@ -30,44 +29,17 @@ HYBRID = """\
 """
 
 
-def test_v1_files_are_what_podmans_v1_readers_parse() -> None:
-    files = statsview.files(("memory", "cpuacct", "pids", "blkio"), STATS)
-    # single unsigned integers (readFileAsUint64 strips only the newline)
-    assert files["memory.usage_in_bytes"] == "52000000\n"
-    assert files["memory.limit_in_bytes"] == "268435456\n"
-    assert files["cpuacct.usage"] == "2500000000\n"            # ns
-    assert files["cpuacct.usage_sys"] == "500000000\n"
-    assert files["pids.current"] == "3\n"
-    # "MAJ:MIN Op Value" rows; the "Total N" line has two fields and is skipped
-    rows = [line.split() for line in
-            files["blkio.throttle.io_service_bytes_recursive"].splitlines()]
-    assert ["0:0", "Read", "4096"] in rows and ["0:0", "Write", "8192"] in rows
-    assert rows[-1] == ["Total", "12288"]
-    assert statsview.NOTE in files
-
-
-def test_v2_files_are_what_podmans_v2_readers_parse() -> None:
-    files = statsview.files(("v2",), {**STATS, "memory_max_bytes": None})
-    cpu = dict(line.split() for line in files["cpu.stat"].splitlines())
-    assert cpu == {"usage_usec": "2500000", "user_usec": "2000000", "system_usec": "500000"}
-    memory = dict(line.split() for line in files["memory.stat"].splitlines())
-    assert memory["anon"] == "2000000"        # podman 4.3's v2 MemUsage is anon
-    assert files["memory.max"] == "max\n"
-    assert files["io.stat"].startswith("0:0 rbytes=4096 wbytes=8192 ")
-
-
-def test_missing_figures_read_as_zero_and_no_limit_as_v1s_maximum() -> None:
-    files = statsview.files(("memory", "pids"), {"memory_max_bytes": None})
-    assert files["memory.usage_in_bytes"] == "0\n"
-    assert files["memory.limit_in_bytes"] == f"{statsview.V1_NO_LIMIT}\n"
-    assert files["pids.current"] == "0\n"
+def test_a_view_holds_its_kinds_files_and_a_note() -> None:
+    files = statsview.files(("cpu", "cpuacct"), GUEST)
+    assert {"cpu.shares", "cpu.cfs_quota_us", "cpuacct.usage", statsview.NOTE} <= set(files)
+    assert not any(name.startswith("memory.") for name in files)
 
 
 def test_views_go_over_the_cgroup_in_every_hierarchy_podman_reads() -> None:
     got = statsview.targets("/libpod_parent/libpod-abc", HYBRID)
     assert got == [
         (Path("/sys/fs/cgroup/memory/libpod_parent/libpod-abc"), ("memory",)),
-        (Path("/sys/fs/cgroup/cpu,cpuacct/libpod_parent/libpod-abc"), ("cpuacct",)),
+        (Path("/sys/fs/cgroup/cpu,cpuacct/libpod_parent/libpod-abc"), ("cpu", "cpuacct")),
         (Path("/sys/fs/cgroup/pids/libpod_parent/libpod-abc"), ("pids",)),
         (Path("/sys/fs/cgroup/blkio/libpod_parent/libpod-abc"), ("blkio",)),
         (Path("/sys/fs/cgroup/unified/libpod_parent/libpod-abc"), ("v2",)),
@@ -92,17 +64,22 @@ def test_a_mounted_view_serves_the_guest_figures_read_only(tmp_path: Path, fuse:
     (v1 / "tasks").write_text("hidden by the view\n")
     fetches = []
 
-    def fetch() -> dict[str, int | None]:
+    def fetch() -> GuestCgroup:
         fetches.append(1)
-        return dict(STATS)
-    view = statsview.StatsView(fetch, [(v1, ("memory",)), (v2, ("v2",))])
-    assert view.start() == [v1, v2]
+        return GUEST
+    huge = tmp_path / "hugetlb"
+    huge.mkdir()
+    view = statsview.StatsView(fetch, [(v1, ("memory",)), (v2, ("v2",)), (huge, ("hugetlb",))])
+    assert view.start() == [v1, v2, huge]
     try:
-        assert sorted(os.listdir(v1)) == ["kata-py.txt", "memory.limit_in_bytes", "memory.stat",
-                                         "memory.usage_in_bytes"]
+        assert sorted(os.listdir(v1)) == sorted(statsview.files(("memory",), GUEST))
         assert (v1 / "memory.usage_in_bytes").read_text() == "52000000\n"
         assert (v2 / "pids.current").read_text() == "3\n"
         assert len(fetches) == 1                  # one RPC for one sample's files
+        # names that come from the guest: its hugepage sizes, its v2 files
+        assert (huge / "hugetlb.2MB.limit_in_bytes").read_text() == \
+            f"{guest_cgroup.V1_NO_LIMIT}\n"
+        assert sorted(os.listdir(v2)) == sorted([*GUEST.files, statsview.NOTE])
         # a reader in another process (podman is one) sees the same
         out = subprocess.run(["cat", str(v2 / "memory.current")], capture_output=True,
                              text=True, check=True).stdout
@@ -119,7 +96,7 @@ def test_a_mounted_view_serves_the_guest_figures_read_only(tmp_path: Path, fuse:
 
 
 def test_a_view_whose_guest_does_not_answer_gives_eio(tmp_path: Path, fuse: None) -> None:
-    def fetch() -> dict[str, int | None]:
+    def fetch() -> GuestCgroup:
         raise OSError("agent gone")
     view = statsview.StatsView(fetch, [(tmp_path, ("pids",))])
     view.start()
@@ -133,6 +110,6 @@ def test_a_view_whose_guest_does_not_answer_gives_eio(tmp_path: Path, fuse: None
 
 
 def test_a_view_that_cannot_mount_is_skipped(tmp_path: Path, fuse: None) -> None:
-    view = statsview.StatsView(dict, [(tmp_path / "missing", ("pids",))])
+    view = statsview.StatsView(GuestCgroup, [(tmp_path / "missing", ("pids",))])
     assert view.start() == []
     view.close()
