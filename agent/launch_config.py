@@ -48,6 +48,16 @@ class Namespace:
 
 
 @dataclass(frozen=True)
+class IdMapping:
+    """OCI linux.uidMappings[] / gidMappings[]: `size` ids from `container_id`
+    in the container's user namespace are the guest's from `host_id`."""
+
+    container_id: int
+    host_id: int
+    size: int
+
+
+@dataclass(frozen=True)
 class Mount:
     """OCI mounts[]: options as in mount(8) (`ro`, `nosuid`, `rbind`, `mode=755`...)."""
 
@@ -195,6 +205,9 @@ class LaunchConfig:
     hostname: str = ""
     domainname: str = ""
     namespaces: tuple[Namespace, ...] = ()
+    # for a new user namespace; the container's uid and gid 0 are mapped
+    uid_mappings: tuple[IdMapping, ...] = ()
+    gid_mappings: tuple[IdMapping, ...] = ()
     mounts: tuple[Mount, ...] = ()
     masked_paths: tuple[str, ...] = ()
     readonly_paths: tuple[str, ...] = ()

@@ -9,11 +9,14 @@ so it fork+execs this module, which does what runc's `runc init` does
  1. read the launch description (launch_config.py) from fd N;
  2. create the cgroup v2 group, write its limits, attach the device program
     (linux.resources.devices, devices.py), join it (cgroups.py);
- 3. setns() into the namespaces given by path, unshare() the new ones; with a
-    new (or joined) pid namespace fork: the child is the container's PID 1,
-    the parent reports `{"pid": <child>}`, waits, and exits with the child's
-    status (re-raising its fatal signal) so the agent can track one process;
- 4. in the container process: rlimits, oom_score_adj; root propagation,
+ 3. rlimits, oom_score_adj; setns() into the namespaces given by path; for a
+    new user namespace fork a child that unshares it, write its id maps from
+    here and let it go on as the namespace's root (runc's nsexec stage 1);
+    unshare() the other new ones; with a new (or joined) pid namespace fork:
+    the child is the container's PID 1, the parent reports `{"pid": <child>}`,
+    waits, and exits with the child's status (re-raising its fatal signal) so
+    the agent can track one process;
+ 4. in the container process: root propagation,
     rootfs bind, spec mounts, /dev, pivot_root (mounts.py); hostname,
     domainname, sysctl, readonly paths, masked paths, readonly root;
  5. a missing cwd is created (init only); HOME from the container's
@@ -61,6 +64,7 @@ from typing import Any, NoReturn
 from kata_py.agent import cgroups, devices, linux, mounts
 from kata_py.agent.launch_config import (
     Hook,
+    IdMapping,
     LaunchConfig,
     LaunchConfigError,
     Process,
@@ -168,14 +172,87 @@ def join_namespaces(config: LaunchConfig) -> None:
 
 
 def unshare_namespaces(config: LaunchConfig) -> None:
-    """unshare() the namespaces to create (CLONE_NEWPID affects the next fork)."""
+    """unshare() the namespaces to create (CLONE_NEWPID affects the next fork),
+    inside the new user namespace when there is one, which then owns them."""
     flags = 0
     for ns in config.namespaces:
-        if not ns.path:
+        if not ns.path and ns.type != "user":
             flags |= linux.NAMESPACE_FLAGS[ns.type]
     if flags:
         with step("unshare namespaces"):
             linux.unshare(flags)
+
+
+def new_user_namespace(config: LaunchConfig) -> bool:
+    return any(ns.type == "user" and not ns.path for ns in config.namespaces)
+
+
+def id_map(mappings: tuple[IdMapping, ...]) -> bytes:
+    """/proc/PID/uid_map's text: one "inside outside count" line per mapping."""
+    return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings).encode()
+
+
+def make_mountpoints(config: LaunchConfig) -> None:
+    """For a new user namespace, before entering it: the mount points its
+    mounts need that the rootfs lacks, made as the guest's root. The
+    namespace's root could not always make them: its writes reach the host
+    through virtiofsd as its own uid, held to the rootfs's modes (a 0555 /
+    has no room for a /run), where runc's container root passes with
+    CAP_DAC_OVERRIDE over files its namespace owns. Mount points below
+    another of the spec's mounts are made later, inside that mount."""
+    rootfs = os.path.realpath(config.rootfs)
+    targets = [m.destination.rstrip("/") + "/" for m in config.mounts]
+    for m in config.mounts:
+        below = [t for t in targets if m.destination.startswith(t)
+                 and t != m.destination.rstrip("/") + "/"]
+        if below:
+            continue
+        with step(f"mount point {m.destination}"):
+            mounts.create_mountpoint(mounts.secure_join(rootfs, m.destination), m.source,
+                                     mounts.is_bind(m))
+
+
+def enter_user_namespace(config: LaunchConfig) -> int:
+    """runc's nsexec stage 1: fork a child that unshares a user namespace; this
+    process, still privileged in the parent namespace, writes the child's
+    uid_map and gid_map (a process cannot map ids other than its own into its
+    own new namespace); the child then becomes the namespace's root and goes
+    on to create the other namespaces, which the user namespace owns.
+    Returns the child's pid here and 0 in the child."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(ready_r)
+        os.close(go_w)
+        with step("unshare the user namespace"):
+            linux.unshare(linux.CLONE_NEWUSER)
+        os.write(ready_w, b"u")
+        os.close(ready_w)
+        mapped = os.read(go_r, 1)
+        os.close(go_r)
+        if mapped != b"m":
+            os._exit(EXIT_SETUP_FAILED)      # the parent reports why
+        with step("become root in the user namespace"):
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        return 0
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        if os.read(ready_r, 1) != b"u":      # the child reported its error
+            _, status = os.waitpid(child, 0)
+            os._exit(os.waitstatus_to_exitcode(status) or EXIT_SETUP_FAILED)
+        for name, mappings in (("uid_map", config.uid_mappings),
+                               ("gid_map", config.gid_mappings)):
+            with step(f"linux.{name[:3]}Mappings: write /proc/{child}/{name}"), \
+                    open(f"/proc/{child}/{name}", "wb", buffering=0) as f:
+                f.write(id_map(mappings))    # the kernel takes the map in one write
+        os.write(go_w, b"m")
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+    return child
 
 
 def needs_fork(config: LaunchConfig) -> bool:
@@ -188,11 +265,14 @@ def joins_mount_namespace(config: LaunchConfig) -> bool:
     return any(ns.type == "mount" and ns.path for ns in config.namespaces)
 
 
-def supervise(config: LaunchConfig, reporter: Reporter, child: int, pid_pipe: int) -> int:
-    """Parent side of the fork: report the pid, forward signals, mirror the exit."""
-    reporter.send({"pid": child})  # before the child can run on and send "created"
-    os.write(pid_pipe, str(child).encode())
-    os.close(pid_pipe)
+def supervise(config: LaunchConfig, reporter: Reporter, child: int,
+              pid_pipe: int | None) -> int:
+    """Parent side of a fork: report the pid when the child is the container
+    (`pid_pipe` given), forward signals, mirror the exit."""
+    if pid_pipe is not None:
+        reporter.send({"pid": child})  # before the child can run on and send "created"
+        os.write(pid_pipe, str(child).encode())
+        os.close(pid_pipe)
     for fd in {config.fds.sync, config.fds.start}:
         os.close(fd)
     # The container's stdio is the child's alone: a copy held here would keep
@@ -589,8 +669,6 @@ def build_container(config: LaunchConfig, reporter: Reporter, pid_pipe: int | No
     process = config.process
     pid = outer_pid(pid_pipe)
     setup_stdio(config)
-    set_rlimits(process)
-    set_oom_score_adj(process)
     if not joins_mount_namespace(config):
         prepare_rootfs(config)
         setup_console(config)
@@ -636,8 +714,17 @@ def run(config: LaunchConfig, reporter: Reporter) -> int:
     if config.fds.console_socket >= 0:
         os.set_inheritable(config.fds.console_socket, False)
     seccomp = seccomp_filter(config)
+    # Before any user namespace: raising a hard limit or lowering
+    # oom_score_adj takes privilege in the guest's own namespace.
+    set_rlimits(config.process)
+    set_oom_score_adj(config.process)
     setup_cgroup(config)
     join_namespaces(config)
+    if new_user_namespace(config):
+        make_mountpoints(config)
+        child = enter_user_namespace(config)
+        if child:                 # the child reports the container's pid
+            return supervise(config, reporter, child, None)
     unshare_namespaces(config)
     if not needs_fork(config):
         build_container(config, reporter, None, seccomp)

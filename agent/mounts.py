@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterable
 
@@ -121,12 +122,19 @@ def set_root_propagation(propagation: str) -> None:
     linux.mount(None, "/", None, flag | linux.MS_REC)
 
 
+def unescape(field: str) -> str:
+    """A mountinfo path with its octal escapes (\\040 for a space) decoded.
+    Not the unicode_escape codec: it would be imported on first use, perhaps
+    inside a user namespace that cannot read the library, and it mangles UTF-8."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def mount_point_of(path: str) -> str:
     """The mount point (from /proc/self/mountinfo) whose mount holds `path`."""
     best = "/"
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
+            point = unescape(line.split()[4])
             if (path == point or path.startswith(point.rstrip("/") + "/")) and \
                     len(point) > len(best):
                 best = point
@@ -143,7 +151,12 @@ def bind_rootfs(rootfs: str) -> None:
     linux.mount(rootfs, rootfs, "bind", linux.MS_BIND | linux.MS_REC)
 
 
-def _create_mountpoint(dest: str, source: str, bind: bool) -> None:
+def is_bind(m: Mount) -> bool:
+    return m.type == "bind" or bool(parse_options(m.options)[0] & linux.MS_BIND)
+
+
+def create_mountpoint(dest: str, source: str, bind: bool) -> None:
+    """A missing mount point: a file for a bind of a file, else a directory."""
     if bind and os.path.exists(source) and not os.path.isdir(source):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if not os.path.exists(dest):
@@ -158,12 +171,13 @@ def mount_one(rootfs: str, m: Mount) -> None:
     dest = secure_join(rootfs, m.destination)
     flags, propagation, data = parse_options(m.options)
     bind = bool(flags & linux.MS_BIND) or m.type == "bind"
-    _create_mountpoint(dest, m.source, bind)
+    create_mountpoint(dest, m.source, bind)
     if bind:
         linux.mount(m.source, dest, "bind", linux.MS_BIND | (flags & linux.MS_REC))
         extra = flags & ~(linux.MS_BIND | linux.MS_REC | linux.MS_REMOUNT)
         if extra:
-            linux.mount(dest, dest, None, extra | linux.MS_BIND | linux.MS_REMOUNT)
+            linux.mount(dest, dest, None,
+                        extra | linux.MS_BIND | linux.MS_REMOUNT | _preserved_flags(dest))
     elif m.type == "tmpfs" and "tmpcopyup" in m.options:
         # The image's directory stays reachable through an fd once the tmpfs covers it.
         below = os.open(dest, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -177,7 +191,17 @@ def mount_one(rootfs: str, m: Mount) -> None:
             linux.mount(dest, dest, None, flags | linux.MS_REMOUNT)
     else:
         fstype = "cgroup2" if m.type == "cgroup" else m.type  # the guest is cgroup v2 only
-        linux.mount(m.source or fstype, dest, fstype, flags, data or None)
+        try:
+            linux.mount(m.source or fstype, dest, fstype, flags, data or None)
+        except PermissionError:
+            if fstype != "sysfs":
+                raise
+            # A user namespace without its own network namespace may not
+            # mount a sysfs: bind the guest's, read-only (what `runc spec
+            # --rootless` writes for that case).
+            linux.mount("/sys", dest, "bind", linux.MS_BIND | linux.MS_REC)
+            linux.mount(dest, dest, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY
+                        | _preserved_flags(dest))
     for flag in propagation:
         linux.mount(None, dest, None, flag)
 
@@ -289,10 +313,15 @@ def mask_path(path: str) -> None:
 
 
 def _preserved_flags(path: str) -> int:
+    """The flags a bind remount of `path` must keep: a mount made outside a
+    user namespace has them locked inside it (EPERM if one is dropped), and
+    a remount must never lose nosuid/nodev/noexec anyway."""
     st_flags = os.statvfs(path).f_flag
     keep = 0
     for st_flag, ms_flag in ((os.ST_NOSUID, linux.MS_NOSUID), (os.ST_NODEV, linux.MS_NODEV),
-                             (os.ST_NOEXEC, linux.MS_NOEXEC)):
+                             (os.ST_NOEXEC, linux.MS_NOEXEC), (os.ST_NOATIME, linux.MS_NOATIME),
+                             (os.ST_NODIRATIME, linux.MS_NODIRATIME),
+                             (os.ST_RELATIME, linux.MS_RELATIME)):
         if st_flags & st_flag:
             keep |= ms_flag
     return keep

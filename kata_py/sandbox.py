@@ -470,9 +470,19 @@ class Sandbox:
         if self.dir.exists():
             log.error("sandbox %s: could not remove %s", self.id, self.dir)
 
-    def share(self, item: HostShare) -> str:
-        """Bind-mount a host path into the share; returns its path in the guest."""
-        host_mounts.bind(item.source, self.shared_dir / item.target, item.readonly)
+    def share(self, item: HostShare, searchable: bool = False) -> str:
+        """Bind-mount a host path into the share; returns its path in the guest.
+        `searchable`: the directories on the way to it get o+x (0711). The root
+        of a container's user namespace is not root in the guest and must pass
+        them to reach its rootfs and volumes; they stay unlistable, and the
+        sandbox directory above them stays 0700, so no host user gets closer."""
+        target = self.shared_dir / item.target
+        host_mounts.bind(item.source, target, item.readonly)
+        if searchable:
+            for directory in target.parents:
+                directory.chmod(0o711)
+                if directory == self.shared_dir:
+                    break
         return f"{SHARED_DIR}/{item.target}"
 
     # -- state ---------------------------------------------------------------

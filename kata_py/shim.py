@@ -251,7 +251,7 @@ class Shim:
         self.sandbox.watch()        # a dead QEMU or daemon ends the container (and its VM)
         t_shares = time.monotonic()
         for item in shares:
-            self.sandbox.share(item)
+            self.sandbox.share(item, searchable=bool(launch.uid_mappings))
         assert self.sandbox.agent is not None
         from kata_py.agent import launch_config
 

@@ -11,9 +11,9 @@ the guest kernel and pass through unchanged.
 Namespaces: a network namespace given by *path* is the host's (made by
 netavark/CNI); the VM's network mirrors it, so the container uses the
 guest's network and no namespace is joined in the guest. A cgroup
-namespace is always created (see _namespaces). Joining any other
-namespace by host path, and user namespaces, are not supported yet and are
-refused with the config.json path.
+namespace is always created (see _namespaces). A new user namespace gets
+the spec's id mappings, checked here. Joining any other namespace by host
+path is not supported yet and is refused with the config.json path.
 """
 
 from __future__ import annotations
@@ -82,9 +82,6 @@ def _namespaces(spec: Spec) -> tuple[lc.Namespace, ...]:
     out = []
     for index, ns in enumerate(spec.linux.namespaces if spec.linux else ()):
         where = f"config.json: linux.namespaces[{index}]"
-        if ns.type == "user":
-            raise ConfigError(f"{where}: user namespaces are not supported by kata-py yet",
-                              "remove it; the VM is the isolation boundary")
         if ns.path:
             if ns.type == "network":
                 continue  # the guest's network mirrors this host namespace
@@ -98,6 +95,54 @@ def _namespaces(spec: Spec) -> tuple[lc.Namespace, ...]:
     if not any(ns.type == "cgroup" for ns in out):
         out.append(lc.Namespace("cgroup"))
     return tuple(out)
+
+
+ID_MAPPINGS_MAX = 340            # lines the kernel takes in one uid_map (since 4.15)
+ID_LIMIT = 1 << 32
+
+
+def _id_mappings(spec: Spec) -> tuple[tuple[lc.IdMapping, ...], tuple[lc.IdMapping, ...]]:
+    """linux.uidMappings/gidMappings for a new user namespace, checked as the
+    kernel will check them, so that a bad map fails before a VM boots."""
+    linux = spec.linux
+    if linux is None:
+        return (), ()
+    wanted = any(ns.type == "user" and not ns.path for ns in linux.namespaces)
+    if not wanted:
+        if linux.uid_mappings or linux.gid_mappings:
+            raise ConfigError("config.json: linux.uidMappings/gidMappings are set but "
+                              "linux.namespaces has no new user namespace",
+                              'add {"type": "user"} to linux.namespaces or drop the mappings')
+        return (), ()
+    out = []
+    for key, mappings in (("uidMappings", linux.uid_mappings),
+                          ("gidMappings", linux.gid_mappings)):
+        where = f"config.json: linux.{key}"
+        if not mappings:
+            raise ConfigError(f"{where}: a new user namespace needs it",
+                              'map the container\'s ids, e.g. [{"containerID": 0, '
+                              '"hostID": 100000, "size": 65536}]')
+        if len(mappings) > ID_MAPPINGS_MAX:
+            raise ConfigError(f"{where}: {len(mappings)} entries, the kernel takes at most "
+                              f"{ID_MAPPINGS_MAX}", "merge adjacent ranges")
+        for side in ("container_id", "host_id"):
+            spans = sorted((getattr(m, side), getattr(m, side) + m.size) for m in mappings)
+            if spans[-1][1] > ID_LIMIT:
+                raise ConfigError(f"{where}: a range ends beyond id {ID_LIMIT - 1}",
+                                  "shorten it")
+            if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
+                side_name = "containerID" if side == "container_id" else "hostID"
+                raise ConfigError(f"{where}: two {side_name} ranges overlap",
+                                  "make the ranges disjoint")
+        user = spec.process.user
+        ids = (0, user.uid) if key == "uidMappings" else (0, user.gid, *user.additional_gids)
+        for id_ in ids:
+            if not any(m.container_id <= id_ < m.container_id + m.size for m in mappings):
+                raise ConfigError(f"{where}: container id {id_} is not mapped "
+                                  "(the namespace's root and the process's ids must be)",
+                                  f"add a range holding {id_}")
+        out.append(tuple(lc.IdMapping(m.container_id, m.host_id, m.size) for m in mappings))
+    return out[0], out[1]
 
 
 def _cgroup(cid: str, resources: Resources | None, device_program: str = "") -> lc.Cgroup:
@@ -195,11 +240,13 @@ def to_launch_config(spec: Spec, container_id: str, bundle: str = ""
     linux = spec.linux
     program, flags = _seccomp_program(linux.seccomp if linux else None)
     rootfs = HostShare(spec.root.path, f"{container_id}/rootfs", readonly=False)
+    uid_mappings, gid_mappings = _id_mappings(spec)
     config = lc.LaunchConfig(
         container_id=container_id, rootfs=f"{GUEST_SHARE}/{rootfs.target}",
         process=launch_process(spec.process), fds=lc.Fds(sync=3, start=4),  # agent sets fds
         readonly_rootfs=spec.root.readonly, hostname=spec.hostname,
         domainname=spec.domainname, namespaces=_namespaces(spec), mounts=mounts,
+        uid_mappings=uid_mappings, gid_mappings=gid_mappings,
         rootfs_propagation=linux.rootfs_propagation if linux else "",
         masked_paths=linux.masked_paths if linux else (),
         readonly_paths=linux.readonly_paths if linux else (),

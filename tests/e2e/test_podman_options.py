@@ -96,3 +96,14 @@ def test_read_only_root_keeps_tmp_and_a_tmpfs_writable(podman: Podman) -> None:
         "t",
         "s",
     ]
+
+
+def test_uidmap_and_gidmap_give_the_container_a_user_namespace(podman: Podman) -> None:
+    """podman --uidmap/--gidmap: the container's root is uid 100000 in the
+    guest (and in its files), as with runc."""
+    res = podman("run", "--rm", *NONE, "--uidmap", "0:100000:65536", "--gidmap",
+                 "0:100000:65536", IMAGE, "sh", "-c",
+                 "cat /proc/self/uid_map /proc/self/gid_map; id -u; touch /tmp/x && echo ok")
+    assert res.returncode == 0, res.stderr
+    lines = [line.split() for line in res.stdout.splitlines()]
+    assert lines == [["0", "100000", "65536"], ["0", "100000", "65536"], ["0"], ["ok"]]

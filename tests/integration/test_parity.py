@@ -4,6 +4,8 @@ sysctls the spec sets reach the container's own cgroup and namespaces."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -99,3 +101,74 @@ def test_the_host_cgroup_shows_the_guest_cgroups_limits_and_usage(root: Path,
 
     assert kp(root, "delete", "--force", "hcg").returncode == 0
     assert not any(d.exists() for d in where.values()), where
+
+
+def test_a_user_namespace_maps_the_container_its_execs_and_its_files(root: Path,
+                                                                    tmp_path: Path) -> None:
+    """linux.uidMappings/gidMappings: root in the container is guest uid
+    100000, for the init process and for an exec (which joins the
+    namespace); a file it makes in a volume belongs to 100000 on the host."""
+    busybox_rootfs(tmp_path / "rootfs")
+    (tmp_path / "rootfs" / "vol").mkdir()
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o777)
+    spec = default_spec()
+    spec["process"].update(terminal=False, args=["sleep", "600"])
+    spec["linux"]["namespaces"].append({"type": "user"})
+    spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    spec["mounts"].append({"destination": "/vol", "type": "bind", "source": str(volume),
+                           "options": ["rbind", "rw"]})
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    r = kp(root, "run", "-d", "-b", str(tmp_path), "userns")
+    assert r.returncode == 0, r.stderr
+    r = kp(root, "exec", "userns", "sh", "-c",
+           "cat /proc/self/uid_map /proc/self/gid_map; id -u; touch /vol/made; cat /proc/1/cmdline")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert [line.split() for line in lines[:3]] == [["0", "100000", "65536"],
+                                                    ["0", "200000", "65536"], ["0"]]
+    assert lines[3].startswith("sleep")         # the exec is in the container's pid namespace
+    made = (volume / "made").stat()
+    assert (made.st_uid, made.st_gid) == (100000, 200000)
+
+
+@pytest.mark.parametrize("kind", ["named", "process"])
+def test_exec_into_a_container_whose_network_namespace_is_a_path(root: Path, tmp_path: Path,
+                                                                kind: str) -> None:
+    """A network namespace given by path — a named one (`ip netns`, what
+    engines pass) or a process's (/proc/PID/ns/net, what conformance tools
+    make with unshare) — is mirrored by the VM's network, not joined in the
+    guest; exec works as for any container."""
+    name = f"kp-it-{os.getpid()}"
+    holder = None
+    if kind == "named":
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        path = f"/run/netns/{name}"
+    else:
+        holder = subprocess.Popen(["unshare", "--net", "sleep", "120"])
+        path = f"/proc/{holder.pid}/ns/net"
+        deadline = time.monotonic() + 10
+        while os.readlink(path) == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "unshare did not make a namespace"
+            time.sleep(0.05)
+    try:
+        busybox_rootfs(tmp_path / "rootfs")
+        spec = default_spec()
+        spec["process"].update(terminal=False, args=["sleep", "600"])
+        spec["linux"]["namespaces"] = [
+            ns if ns["type"] != "network" else {"type": "network", "path": path}
+            for ns in spec["linux"]["namespaces"]]
+        (tmp_path / "config.json").write_text(json.dumps(spec))
+        r = kp(root, "run", "-d", "-b", str(tmp_path), "nsexec")
+        assert r.returncode == 0, r.stderr
+        r = kp(root, "exec", "nsexec", "cat", "/proc/1/cmdline")
+        assert (r.returncode, r.stdout[:5]) == (0, b"sleep"), r.stderr
+        assert kp(root, "delete", "--force", "nsexec").returncode == 0
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        else:
+            subprocess.run(["ip", "netns", "del", name], check=False)

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,6 +66,22 @@ ALL_NAMESPACES = tuple(Namespace(t) for t in ("pid", "mount", "uts", "ipc", "net
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
     """A busybox rootfs: /bin/busybox + applet symlinks, a few files to mask."""
+    return _busybox_rootfs(tmp_path)
+
+
+@pytest.fixture
+def reachable_rootfs(tmp_path: Path) -> Iterator[Path]:
+    """A busybox rootfs that the root of a user namespace (not root outside)
+    can reach: pytest's own directories are 0700."""
+    top = Path(tempfile.mkdtemp(prefix="kp-userns-", dir="/tmp"))
+    top.chmod(0o711)
+    try:
+        yield _busybox_rootfs(top)
+    finally:
+        shutil.rmtree(top)
+
+
+def _busybox_rootfs(tmp_path: Path) -> Path:
     if os.geteuid() != 0:
         pytest.skip("the launcher needs root")
     if not BUSYBOX.exists():
@@ -788,3 +805,66 @@ def test_cgroup_limits_are_written(cgroup2: Path) -> None:
         assert (path / "pids.max").read_text().strip() == "50"
     finally:
         cgroups.remove(path)
+
+
+# --- user namespaces ----------------------------------------------------------------
+
+USERNS_MAPS = {"uid_mappings": (launch_config.IdMapping(0, 100000, 65536),),
+               "gid_mappings": (launch_config.IdMapping(0, 200000, 65536),)}
+
+
+def test_a_new_user_namespace_maps_the_containers_ids_and_owns_its_namespaces(
+        reachable_rootfs: Path) -> None:
+    """runc's nsexec order: the parent writes the child's maps, the child is
+    root inside and makes the other namespaces there (so its mounts, hostname
+    and devices work as the namespace's root), files it makes belong to the
+    mapped ids outside."""
+    (reachable_rootfs / "tmp").chmod(0o1777)
+    script = ("cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; hostname inner; "
+              "hostname; echo x > /tmp/made; echo $$")
+    result = run_sh(reachable_rootfs, script, namespaces=(Namespace("user"), *ALL_NAMESPACES),
+                    mounts=tuple(m for m in DEFAULT_MOUNTS if m.destination != "/tmp"),
+                    **USERNS_MAPS)
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert lines[:2] == [["0", "100000", "65536"], ["0", "200000", "65536"]]
+    assert lines[2:6] == [["0"], ["0"], ["inner"], ["1"]]       # root inside, pid 1
+    made = reachable_rootfs / "tmp" / "made"
+    assert (made.stat().st_uid, made.stat().st_gid) == (100000, 200000)
+
+
+def test_without_a_pid_namespace_the_user_namespace_child_is_the_container(
+        reachable_rootfs: Path) -> None:
+    # no new proc: that takes a pid namespace the user namespace owns
+    dev = tuple(m for m in DEFAULT_MOUNTS if m.destination == "/dev")
+    (reachable_rootfs / "tmp").chmod(0o1777)
+    result = run_sh(reachable_rootfs, "touch /tmp/made; echo $$", mounts=dev,
+                    namespaces=(Namespace("user"), Namespace("mount")), **USERNS_MAPS)
+    pid = result.stdout.strip()
+    assert (reachable_rootfs / "tmp" / "made").stat().st_uid == 100000
+    created = [line["created"] for line in result.sync if "created" in line]
+    assert created == [int(pid)]                 # the pid the agent tracks is the container
+
+
+def test_a_map_the_kernel_refuses_is_one_error_naming_the_map(reachable_rootfs: Path) -> None:
+    overlapping = (launch_config.IdMapping(0, 100000, 10), launch_config.IdMapping(5, 300000, 10))
+    result = launch(make_config(reachable_rootfs, ("true",), namespaces=(Namespace("user"),),
+                                uid_mappings=overlapping,
+                                gid_mappings=USERNS_MAPS["gid_mappings"]))
+    errors = [line["error"] for line in result.sync if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("linux.uidMappings: write /proc/"), errors
+    assert result.returncode != 0
+
+
+def test_mount_points_a_user_namespace_could_not_make_are_made_before_it(
+        reachable_rootfs: Path) -> None:
+    """The rootfs belongs to ids outside the namespace (here: the host's
+    root), so its root may not mkdir there; the launcher makes the missing
+    mount points before it enters the namespace (below another mount: later)."""
+    mounts = (*DEFAULT_MOUNTS, Mount("/newdir", "tmpfs", "tmpfs", ()),
+              Mount("/newdir/inner", "tmpfs", "tmpfs", ()))
+    result = run_sh(reachable_rootfs, "grep -c ' /newdir' /proc/self/mountinfo",
+                    namespaces=(Namespace("user"), *ALL_NAMESPACES), mounts=mounts,
+                    **USERNS_MAPS)
+    assert result.stdout.split() == ["2"]
+    assert (reachable_rootfs / "newdir").is_dir()
+    assert not (reachable_rootfs / "newdir" / "inner").exists()   # made inside the tmpfs

@@ -122,7 +122,7 @@ def test_resources_become_the_guest_cgroup(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("namespaces,message", [
-    ([{"type": "user"}], "user namespaces are not supported"),
+    ([{"type": "user", "path": "/proc/1/ns/user"}], "joining the user namespace at"),
     ([{"type": "ipc", "path": "/proc/1/ns/ipc"}], "joining the ipc namespace at /proc/1/ns/ipc"),
 ])
 def test_namespaces_kata_py_cannot_honour_are_refused(tmp_path: Path, namespaces: Any,
@@ -131,6 +131,57 @@ def test_namespaces_kata_py_cannot_honour_are_refused(tmp_path: Path, namespaces
     data["linux"]["namespaces"] = namespaces
     with pytest.raises(ConfigError, match=message):
         to_launch_config(_spec(tmp_path, data), "c6")
+
+
+USERNS = [{"type": "user"}, {"type": "mount"}, {"type": "pid"}]
+ROOT_RANGE = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
+def test_a_user_namespace_carries_its_id_maps_to_the_guest(tmp_path: Path) -> None:
+    data = default_spec()
+    data["linux"].update(namespaces=USERNS, uidMappings=ROOT_RANGE,
+                         gidMappings=[{"containerID": 0, "hostID": 200000, "size": 1},
+                                      {"containerID": 1, "hostID": 300000, "size": 99}])
+    config, _ = to_launch_config(_spec(tmp_path, data), "u1")
+    assert config.uid_mappings == (lc.IdMapping(0, 100000, 65536),)
+    assert launcher.id_map(config.gid_mappings) == b"0 200000 1\n1 300000 99\n"
+    assert lc.from_json(lc.to_json(config)) == config
+    assert "user" in [ns.type for ns in config.namespaces]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"uidMappings": []}, r"linux.uidMappings: a new user namespace needs it"),
+    ({"namespaces": [{"type": "mount"}]},
+     r"linux.uidMappings/gidMappings are set but linux.namespaces has no new user namespace"),
+    ({"uidMappings": [{"containerID": 1, "hostID": 100000, "size": 10}]},
+     r"linux.uidMappings: container id 0 is not mapped"),
+    ({"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 10},
+                      {"containerID": 5, "hostID": 200000, "size": 10}]},
+     r"linux.uidMappings: two containerID ranges overlap"),
+    ({"gidMappings": [{"containerID": 0, "hostID": 100000, "size": 10},
+                      {"containerID": 10, "hostID": 100005, "size": 10}]},
+     r"linux.gidMappings: two hostID ranges overlap"),
+    ({"uidMappings": [{"containerID": 0, "hostID": 4294967290, "size": 10}]},
+     r"linux.uidMappings: a range ends beyond id 4294967295"),
+    ({"uidMappings": [{"containerID": i, "hostID": 100000 + i, "size": 1} for i in range(341)]},
+     r"linux.uidMappings: 341 entries, the kernel takes at most 340"),
+])
+def test_id_maps_the_kernel_would_refuse_are_refused_before_a_vm_boots(
+        tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    data = default_spec()
+    data["linux"].update(namespaces=USERNS, uidMappings=ROOT_RANGE, gidMappings=ROOT_RANGE)
+    data["linux"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        to_launch_config(_spec(tmp_path, data), "u2")
+
+
+def test_the_processs_ids_must_be_mapped(tmp_path: Path) -> None:
+    data = default_spec()
+    data["linux"].update(namespaces=USERNS, uidMappings=ROOT_RANGE,
+                         gidMappings=[{"containerID": 0, "hostID": 100000, "size": 10}])
+    data["process"]["user"] = {"uid": 1000, "gid": 0, "additionalGids": [20]}
+    with pytest.raises(ConfigError, match=r"gidMappings: container id 20 is not mapped"):
+        to_launch_config(_spec(tmp_path, data), "u3")
 
 
 def test_relative_bind_source_is_refused(tmp_path: Path) -> None:
