@@ -90,7 +90,7 @@ def _version_lines() -> list[str]:
     import json
     import subprocess
 
-    from kata_py.state import OCI_VERSION
+    from kata_py.records import OCI_VERSION
 
     here = Path(__file__).resolve().parent
     try:
@@ -342,9 +342,9 @@ def start(obj: Context, container_id: str) -> None:
 def state(obj: Context, container_id: str) -> None:
     """Print the container's OCI state as JSON."""
     from kata_py.fastcli import go_dumps, runc_state
-    from kata_py.state import StateStore
+    from kata_py.state import store
 
-    st = StateStore(obj.root_dir / "containers").load(container_id)
+    st = store(obj.root_dir).load(container_id)
     click.echo(go_dumps(runc_state(st.oci()), indent=True), nl=False)  # runc's
 
 
@@ -599,9 +599,9 @@ def _tabwrite(rows: list[list[str]]) -> str:
 def list_(obj: Context, fmt: str, quiet: bool) -> None:
     """List containers (runc's columns, or its JSON)."""
     from kata_py.fastcli import go_dumps, runc_state
-    from kata_py.state import StateStore
+    from kata_py.state import store as containers
 
-    store = StateStore(obj.root_dir / "containers")
+    store = containers(obj.root_dir)
     states = [runc_state(st.oci(), _owner(store.root / st.id)) for st in store.list()]
     if quiet:
         for st in states:

@@ -27,54 +27,21 @@ created), goes to the full CLI, which starts it or says why not.
 
 from __future__ import annotations
 
-import _json
 import os
 import sys
 
-# Keep in step with kata_py.state (tests/unit/test_fast_state.py checks).
-OCI_VERSION = "1.2.0"
-LIVE = ("created", "running", "paused")
+from kata_py.records import (
+    CONTAINERS_DIR,
+    LOCK_FILE,
+    START_REPLY_TIMEOUT_S,
+    START_SOCKET,
+    STATE_FILE,
+    loads,
+    oci_state,
+)
+
 DEFAULT_ROOT = "/run/kata-py"   # kata_py.cli.DEFAULT_ROOT
 VALUE_FLAGS = ("--root", "--log", "--log-format", "--config")
-START_SOCKET = "start.sock"     # kata_py.startsock.START_SOCKET
-LOCK_FILE = ".lock"             # kata_py.state.LOCK_FILE
-STATE_FILE = "state.json"       # kata_py.state.STATE_FILE
-START_REPLY_TIMEOUT_S = 60.0    # kata_py.startsock.START_REPLY_TIMEOUT_S
-
-
-def _alive(pid: int, start_time: int) -> bool:
-    """kata_py.hypervisor.process.ProcessRef.alive without the reaping."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-    except OSError:
-        return False
-    return int(fields[19]) == start_time and fields[0] not in (b"Z", b"X")
-
-
-class _Decoding:
-    """What _json.make_scanner reads from json.JSONDecoder: strict, no hooks."""
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        return float(name.lower().replace("infinity", "inf"))
-
-
-def loads(text: str) -> object:
-    """json.loads for one JSON document; ValueError when it is not one."""
-    try:
-        scan = _json.make_scanner(_Decoding())  # type: ignore[arg-type]  # duck-typed context
-        value, end = scan(text, len(text) - len(text.lstrip()))
-    except StopIteration as exc:
-        raise ValueError(f"not JSON at {exc.value}") from None
-    if text[end:].strip():
-        raise ValueError(f"extra data at {end}")
-    return value
 
 
 # Go's encoding/json escapes (runc prints with it): <, >, & and U+2028/U+2029
@@ -141,23 +108,6 @@ def runc_state(oci: dict[str, object], owner: str | None = None) -> dict[str, ob
     return out
 
 
-def oci_state(raw: dict[str, object]) -> dict[str, object]:
-    """The OCI state object of a stored state.json (kata_py.state.ContainerState.oci)."""
-    status = raw["status"]
-    pid = raw["pid"]
-    if (status in LIVE or status == "creating") and not (
-            pid and _alive(pid, raw["pid_start_time"])):  # type: ignore[arg-type]
-        status = "stopped"
-    out: dict[str, object] = {"ociVersion": OCI_VERSION, "id": raw["id"], "status": status,
-                           "bundle": raw["bundle"],
-                           "pid": pid if status in LIVE or status == "creating" else 0,
-                           "rootfs": raw["rootfs"], "created": raw["created"],
-                           "owner": raw.get("owner", "")}
-    if raw.get("annotations"):
-        out["annotations"] = dict(raw["annotations"])  # type: ignore[call-overload]
-    return out
-
-
 def _state_request(argv: list[str], verb: str = "state") -> tuple[str, str] | None:
     """(root, id) when argv is `[global flags] VERB ID`, else None."""
     root = DEFAULT_ROOT
@@ -190,7 +140,7 @@ def fast_state(argv: list[str]) -> str | None:
         return None
     root, cid = request
     try:
-        with open(os.path.join(root, "containers", cid, "state.json"), "rb") as f:
+        with open(os.path.join(root, CONTAINERS_DIR, cid, STATE_FILE), "rb") as f:
             raw = loads(f.read().decode())
         if not isinstance(raw, dict):
             return None
@@ -244,7 +194,7 @@ def fast_start(argv: list[str]) -> bool:
         return False
     import fcntl  # here, not above: `state` imports nothing it does not use
     root, cid = request
-    directory = os.path.join(root, "containers", cid)
+    directory = os.path.join(root, CONTAINERS_DIR, cid)
     socket_path = os.path.join(directory, START_SOCKET)
     if len(os.fsencode(socket_path)) > 107 or not os.path.exists(socket_path):
         return False

@@ -12,9 +12,9 @@ from typing import Any
 
 from kata_py import __version__
 from kata_py.agent.seccomp import FILTER_FLAGS
+from kata_py.records import OCI_VERSION
 from kata_py.sizing import ANNOTATION_MEMORY_MIB, ANNOTATION_VCPUS
 from kata_py.spec import CAPABILITIES, HOOK_KINDS
-from kata_py.spec_default import OCI_VERSION
 from kata_py.spec_linux import (
     NAMESPACE_TYPES,
     SECCOMP_ACTIONS,

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kata_py import host_cgroup
+from kata_py import host_cgroup, records
 from kata_py.errors import ConfigError, CorruptStateError, KataError, NotFoundError, StateError
 from kata_py.hypervisor.process import ProcessRef
-from kata_py.state import SHIM_FILE, ContainerState, StateStore, Status, now_rfc3339
+from kata_py.records import CONTAINERS_DIR, EXEC_PREFIX, SHIM_FILE, START_SOCKET
+from kata_py.state import ContainerState, Status, now_rfc3339, store
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,6 @@ CREATE_TIMEOUT_S = 300.0
 DETAILS_WAIT_S = 2.0        # for the log lines after a shim's error line
 SHIM_TEARDOWN_WAIT_S = 10.0   # a stopped container's shim stopping its VM
 SHIM_EXIT_WAIT_S = 10.0
-
-
-def store(root: Path) -> StateStore:
-    return StateStore(root / "containers")
 
 
 def _config(root: Path, config_path: str | None):  # type: ignore[no-untyped-def]
@@ -146,7 +143,7 @@ def _agent(root: Path, cid: str, config_path: str | None):  # type: ignore[no-un
 
 
 def start(root: Path, cid: str, config_path: str | None) -> None:
-    from kata_py.startsock import START_SOCKET, request_start
+    from kata_py.startsock import request_start
 
     st = store(root)
     with st.lock(cid):
@@ -161,7 +158,7 @@ def start(root: Path, cid: str, config_path: str | None) -> None:
         # records it; without one listening (its socket path too long, say),
         # ask the agent here.
         state = dataclasses.replace(state, status="running")
-        if not request_start(root / "containers" / cid / START_SOCKET):
+        if not request_start(root / CONTAINERS_DIR / cid / START_SOCKET):
             _agent(root, cid, config_path).start_container(cid)
             st.save(state)
     if _has_hooks(Path(state.bundle), "poststart"):
@@ -208,7 +205,6 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
                  tty: bool = False, console_socket: Path | None = None) -> int:
     """Run a process in a created or running container (as runc); returns
     its exit status (0 with detach)."""
-    import json
     import secrets
 
     from kata_py.agent import launch_config as lc
@@ -258,8 +254,8 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
         shim_pid = _spawn_exec_shim(root, cid, exec_id, config_path, console_socket)
         # destroy() ends it with the container (see there)
         ref = ProcessRef.of(shim_pid, f"exec shim {exec_id}")
-        (root / "containers" / cid / f"exec-{exec_id}.json").write_text(
-            json.dumps(ref.to_json()))
+        records.write(root / CONTAINERS_DIR / cid / f"{EXEC_PREFIX}{exec_id}.json",
+                      ref.to_json())
         if pid_file is not None:
             _write_pid_file(pid_file, shim_pid)
         return 0
@@ -420,9 +416,7 @@ def _become_shim(argv: list[str], notify_fd: int, creator: int) -> None:
 
 
 def _write_pid_file(pid_file: Path, pid: int) -> None:
-    tmp = pid_file.with_name(f".{pid_file.name}.tmp")
-    tmp.write_text(str(pid))
-    os.replace(tmp, pid_file)
+    records.write_bytes(pid_file, str(pid).encode())
 
 
 RESOURCE_FIELDS = {   # OCI linux.resources path -> launch_config.Resources field
@@ -586,19 +580,17 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
 
 def _shims(root: Path, cid: str, state: ContainerState | None) -> list[ProcessRef]:
     """The container's shim and its exec shims (exec -d), as recorded."""
-    import json
-
     found = []
     if state is not None and state.pid:
         # the holder (holder.py); killing it kills the shim too
         found.append(ProcessRef(state.pid, state.pid_start_time, "shim"))
     directory = root / "containers" / cid
-    paths = [directory / SHIM_FILE, *sorted(directory.glob("exec-*.json"))]
+    paths = [directory / SHIM_FILE, *sorted(directory.glob(f"{EXEC_PREFIX}*.json"))]
     for path in paths if directory.exists() else ():
         try:
-            found.append(ProcessRef.from_json(json.loads(path.read_text())))
-        except (OSError, ValueError, KeyError):
-            continue
+            found.append(ProcessRef.from_json(records.read(path, f"container {cid}", "")))
+        except (KataError, KeyError, TypeError):
+            continue                # gone meanwhile, or half-written by a crash
     # Not ourselves: a create (or its shim) tearing down its own failed
     # create; nor the holder of such a shim, which exits with it.
     return [ref for ref in found if ref.pid not in (os.getpid(), os.getppid())]

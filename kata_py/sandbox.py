@@ -21,7 +21,6 @@ logs and shared/ (the virtio-fs share).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,9 +32,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from kata_py import host_mounts, network
+from kata_py import host_mounts, network, records
 from kata_py.agent.shared import READY_LINE, SHARED_DIR
 from kata_py.config import RuntimeConfig
 from kata_py.errors import ConfigError, ExistsError, HypervisorError, KataError, NotFoundError
@@ -49,6 +48,7 @@ from kata_py.hypervisor.vsock.transport import (
 )
 from kata_py.image import GuestImage, load_image
 from kata_py.private import private_dir
+from kata_py.records import SANDBOX_FILE
 
 if TYPE_CHECKING:
     from kata_py.agent_client import AgentClient
@@ -62,7 +62,6 @@ UNIX_PATH_MAX = 107
 DAEMON_EXIT_WAIT_S = 1.0
 WATCH_SLICE_S = 1.0        # watch(): a pid reused before its pidfd was opened is seen by then
 BLAME_WAIT_S = 2.0         # _lose(): QEMU exiting anyway, after a daemon it dropped
-STATE_FILE = "sandbox.json"
 
 
 def validate_id(sandbox_id: str) -> None:
@@ -496,19 +495,15 @@ class Sandbox:
             if self.transport else None,
             "network": self.network.to_json() if self.network else None,
         }
-        tmp = self.dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.dir / STATE_FILE)
+        records.write(self.dir / SANDBOX_FILE, state)
 
     @classmethod
     def load(cls, sandbox_id: str, cfg: RuntimeConfig) -> Sandbox:
         """A handle on a sandbox started by another process (to query or stop it)."""
         sb = cls(sandbox_id, cfg)
-        try:
-            state = json.loads((sb.dir / STATE_FILE).read_text())
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"sandbox {sandbox_id} does not exist",
-                                "list sandboxes under " + str(sb.dir.parent)) from exc
+        state: dict[str, Any] = records.read(
+            sb.dir / SANDBOX_FILE, f"sandbox {sandbox_id}",
+            f"stop its processes by hand and remove {sb.dir}")
         sb.accelerator = state.get("accelerator", "")
         sb.vm = ProcessRef.from_json(state["vm"]) if state.get("vm") else None
         sb.daemons = [ProcessRef.from_json(d) for d in state.get("daemons", [])]

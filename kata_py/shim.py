@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
-import json
 import logging
 import os
 import select
@@ -37,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from kata_py import fuse, host_cgroup
+from kata_py import fuse, host_cgroup, records
 from kata_py.config import load_config
 from kata_py.console import get_winsize, open_pty, send_console, set_winsize
 from kata_py.errors import KataError
@@ -47,11 +46,12 @@ from kata_py.hypervisor.process import ProcessRef, log_tail
 from kata_py.network import netns_path
 from kata_py.private import restrict_umask
 from kata_py.procview import ProcView
+from kata_py.records import CONTAINERS_DIR, SHIM_FILE, START_SOCKET
 from kata_py.sandbox import Sandbox
 from kata_py.sizing import vm_size
 from kata_py.spec import Spec, load_spec
-from kata_py.startsock import START_SOCKET, StartListener
-from kata_py.state import SHIM_FILE, ContainerState, StateStore
+from kata_py.startsock import StartListener
+from kata_py.state import ContainerState, StateStore
 from kata_py.translate import is_bind, to_launch_config
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ class Shim:
         self.tty: int | None = None
         self.cfg = load_config(config_path)
         self.cfg = dataclasses.replace(self.cfg, state_dir=str(root))
-        self.store = StateStore(root / "containers")
+        self.store = StateStore(root / CONTAINERS_DIR)
         self.sandbox: Sandbox | None = None     # sized from the spec in setup()
         self.starter: StartListener | None = None
         self.view: StatsView | None = None
@@ -231,7 +231,7 @@ class Shim:
         state = self.store.load(self.cid)
         me = ProcessRef.of(os.getpid(), "vm shim")
         if self.holder is not None:     # delete finds us here; the pid file has the holder
-            (self.store.root / self.cid / SHIM_FILE).write_text(json.dumps(me.to_json()))
+            records.write(self.store.root / self.cid / SHIM_FILE, me.to_json())
             # From now on the holder is the container's process for `state`
             # and `delete` (it was create's own pid): this shim, and with it
             # the VM, dies with the holder.
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     restrict_umask()    # also when started as python -m kata_py.shim
-    log_path = args.root / "containers" / args.id / "shim.log"
+    log_path = args.root / CONTAINERS_DIR / args.id / "shim.log"
     logging.basicConfig(filename=log_path, level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     if args.exec_id:

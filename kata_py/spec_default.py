@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-OCI_VERSION = "1.2.0"
+from kata_py.records import OCI_VERSION
 
 _DEFAULT_CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 

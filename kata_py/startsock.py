@@ -18,11 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kata_py.errors import KataError
+from kata_py.records import START_REPLY_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
-START_SOCKET = "start.sock"   # in the container's state dir
-START_REPLY_TIMEOUT_S = 60.0
 
 
 class StartListener:

@@ -1,9 +1,8 @@
 """On-disk state of containers under `--root` (default /run/kata-py).
 
-Layout: <root>/<id>/state.json, written atomically (temp file, fsync,
-rename), guarded by an flock on <root>/<id>/.lock so concurrent verbs on one
-container serialise. A crash between write and rename leaves the previous
-state intact; stray temp files are ignored.
+Layout: <root>/<id>/state.json, written and read by records.py (atomic
+writes), guarded by an flock on <root>/<id>/.lock so concurrent verbs on
+one container serialise.
 
 Pids are stored with their start time (/proc/PID/stat field 22), so a pid
 reused by another process is never mistaken for the container's: the OCI
@@ -16,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
@@ -26,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from kata_py import records
 from kata_py.errors import (
     ConfigError,
     CorruptStateError,
@@ -35,11 +34,8 @@ from kata_py.errors import (
 )
 from kata_py.hypervisor.process import ProcessRef
 from kata_py.private import private_dir
+from kata_py.records import CONTAINERS_DIR, LIVE, LOCK_FILE, STATE_FILE
 
-OCI_VERSION = "1.2.0"
-STATE_FILE = "state.json"
-LOCK_FILE = ".lock"
-SHIM_FILE = "shim.json"      # the container's shim, when its holder has the pid (holder.py)
 REMOVE_ATTEMPTS = 5          # remove(): rounds against files appearing meanwhile
 # runc's rule, plus a length cap that keeps socket paths below the root short.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_+.-]{1,64}$")
@@ -75,16 +71,7 @@ class ContainerState:
 
     def oci(self) -> dict[str, Any]:
         """The state object of the OCI runtime-spec (runtime.md "State")."""
-        out: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": self.id,
-                               "status": self.status, "bundle": self.bundle}
-        if self.status in ("creating", "created", "running", "paused"):
-            out["pid"] = self.pid     # while creating, create's own, then the holder's
-        else:
-            out["pid"] = 0
-        out.update(rootfs=self.rootfs, created=self.created, owner=self.owner)
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        return out
+        return records.oci_state(asdict(self))
 
 
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -100,6 +87,11 @@ def _corrupt(container_id: str, path: Path, why: str) -> CorruptStateError:
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def store(root: Path) -> StateStore:
+    """The containers' records under a --root."""
+    return StateStore(root / CONTAINERS_DIR)
 
 
 class StateStore:
@@ -138,30 +130,17 @@ class StateStore:
         self.save(state)
 
     def save(self, state: ContainerState) -> None:
-        directory = self._dir(state.id)
-        tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
-        data = json.dumps(asdict(state), indent=1).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / STATE_FILE)
+        records.write(self._dir(state.id) / STATE_FILE, asdict(state))
 
     def load(self, container_id: str) -> ContainerState:
         """The stored state with its status made true (see module doc)."""
         path = self._dir(container_id) / STATE_FILE
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"container {container_id} does not exist",
-                                "check the id with `kata-py list`") from exc
-        except (ValueError, OSError) as exc:
-            raise _corrupt(container_id, path, str(exc)) from exc
+        raw: dict[str, Any] = records.read(
+            path, f"container {container_id}",
+            f"remove it with `kata-py delete --force {container_id}`")
         try:
             state = ContainerState(**raw)
-        except TypeError as exc:          # not an object, a key missing or unknown
+        except TypeError as exc:          # a key missing or unknown
             raise _corrupt(container_id, path, str(exc)) from exc
         wrong = [name for name, kind in _FIELD_TYPES.items()
                  if not isinstance(getattr(state, name), kind)]
@@ -176,8 +155,7 @@ class StateStore:
         exists (runtime.create, shim.Shim.setup), so a create killed half
         way leaves a stopped container that a plain delete removes."""
         proc = state.process()
-        if state.status in ("creating", "created", "running", "paused") and (
-                proc is None or not proc.alive()):
+        if state.status in LIVE and (proc is None or not proc.alive()):
             return replace(state, status="stopped")
         return state
 

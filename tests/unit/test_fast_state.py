@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from kata_py import fastcli, state
+from kata_py import fastcli, records
 from kata_py.errors import KataError
 from kata_py.hypervisor.process import read_start_time
-from kata_py.startsock import START_REPLY_TIMEOUT_S, START_SOCKET, StartListener
+from kata_py.records import START_SOCKET
+from kata_py.startsock import StartListener
 from kata_py.state import ContainerState, StateStore, now_rfc3339
 
 
@@ -50,7 +51,6 @@ def test_fast_state_equals_the_full_state(tmp_path: Path, status: str, process: 
     full = subprocess.run([sys.executable, "-m", "kata_py.cli", "--root", str(tmp_path),
                            "state", "c1"], capture_output=True, text=True)
     assert (full.returncode, full.stdout) == (0, out)      # the full CLI prints these bytes
-    assert fastcli.OCI_VERSION == state.OCI_VERSION
 
 
 def test_state_prints_runcs_bytes(tmp_path: Path) -> None:
@@ -117,8 +117,8 @@ def test_the_c_json_helpers_match_the_json_package(value: object) -> None:
     assert fastcli.go_dumps(value, indent=True) == text
     assert fastcli.go_dumps(value) == json.dumps(value, ensure_ascii=False,
                                                  separators=(",", ":"))
-    assert fastcli.loads(text) == value
-    assert fastcli.loads(" \n" + json.dumps(value) + "\n ") == value
+    assert records.loads(text) == value
+    assert records.loads(" \n" + json.dumps(value) + "\n ") == value
 
 
 def test_strings_are_escaped_as_gos_encoding_json_escapes_them() -> None:
@@ -144,7 +144,7 @@ def test_the_c_json_reader_refuses_what_json_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         json.loads(text)
     with pytest.raises(ValueError):
-        fastcli.loads(text)
+        records.loads(text)
 
 
 def test_the_fast_path_imports_neither_json_nor_re_nor_typing(tmp_path: Path) -> None:
@@ -204,9 +204,6 @@ def test_fast_start_asks_the_shim_and_leaves_the_state_to_it(tmp_path: Path) -> 
         listener.close()
     assert calls == ["start"]
     assert (store.root / "c1" / "state.json").read_bytes() == before
-    assert (fastcli.START_SOCKET, fastcli.LOCK_FILE, fastcli.STATE_FILE,
-            fastcli.START_REPLY_TIMEOUT_S) == (START_SOCKET, state.LOCK_FILE,
-                                               state.STATE_FILE, START_REPLY_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("case", ["no shim", "poststart hooks", "running", "shim error",
