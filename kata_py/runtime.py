@@ -21,8 +21,9 @@ from typing import Any
 from kata_py import host_cgroup, records
 from kata_py.errors import ConfigError, CorruptStateError, KataError, NotFoundError, StateError
 from kata_py.hypervisor.process import ProcessRef
+from kata_py.lifecycle import LIVE, check
 from kata_py.records import CONTAINERS_DIR, EXEC_PREFIX, SHIM_FILE, START_SOCKET
-from kata_py.state import ContainerState, Status, now_rfc3339, store
+from kata_py.state import ContainerState, now_rfc3339, store
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,7 @@ def start(root: Path, cid: str, config_path: str | None) -> None:
     st = store(root)
     with st.lock(cid):
         state = st.load(cid)
-        if state.status == "creating":
-            raise StateError(f"container {cid} is not created yet",
-                             "wait for its `kata-py create` to finish")
-        if state.status != "created":
-            raise StateError(f"container {cid} is {state.status}, not created",
-                             "only a created container can be started")
+        check(cid, state.status, "start")
         # The shim starts it over its own connection to the agent, and
         # records it; without one listening (its socket path too long, say),
         # ask the agent here.
@@ -188,14 +184,9 @@ def kill(root: Path, cid: str, signum: int, all_processes: bool,
     kill(2), as runc's `kill ID 0`), and a container still being created
     counts as there."""
     state = store(root).load(cid)
-    if state.status == "creating":
-        if signum == 0:
-            return
-        raise StateError(f"container {cid} is not created yet",
-                         "wait for its `kata-py create` to finish")
-    if state.status not in ("created", "running", "paused"):
-        raise StateError(f"container {cid} is {state.status}",
-                         "only a created or running container can be signalled")
+    if state.status == "creating" and signum == 0:
+        return
+    check(cid, state.status, "kill")
     _agent(root, cid, config_path).signal_process(cid, signum, all_processes)
 
 
@@ -212,9 +203,7 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     from kata_py.translate import check_size, launch_process
 
     state = store(root).load(cid)
-    if state.status not in ("created", "running"):
-        raise StateError(f"container {cid} is {state.status}, not running",
-                         "exec needs a created or running container")
+    check(cid, state.status, "exec")
     bundle = Path(state.bundle)
     spec = load_spec(bundle)
     if process_json is not None:
@@ -461,10 +450,7 @@ def update(root: Path, cid: str, changes: dict[str, Any], config_path: str | Non
         changes = {k: v for k, v in changes.items() if k != "memory_limit"}
     elif isinstance(limit, int) and memory_limit_problem(limit):
         raise ConfigError(f"memory limit {memory_limit_problem(limit)}", MEMORY_LIMIT_HINT)
-    state = store(root).load(cid)
-    if state.status not in ("created", "running", "paused"):
-        raise StateError(f"container {cid} is {state.status}", "only a live container can be "
-                         "updated")
+    check(cid, store(root).load(cid).status, "update")
     if not changes:
         raise KataError("nothing to update", "give --resources or a resource flag")
     _agent(root, cid, config_path).update_container(cid, json.dumps(changes).encode())
@@ -474,9 +460,7 @@ def stats(root: Path, cid: str, config_path: str | None) -> dict[str, Any]:
     """runc's `events --stats` data (types.Stats), from the guest cgroup."""
     from kata_py.guest_cgroup import runc_stats
 
-    state = store(root).load(cid)
-    if state.status not in ("created", "running", "paused"):
-        raise StateError(f"container {cid} is {state.status}", "it has no statistics")
+    check(cid, store(root).load(cid).status, "stats")
     return runc_stats(_agent(root, cid, config_path).stats(cid))
 
 
@@ -490,13 +474,10 @@ def resume(root: Path, cid: str, config_path: str | None) -> None:
 
 def _set_frozen(root: Path, cid: str, config_path: str | None, frozen: bool) -> None:
     st = store(root)
-    want: Status = "running" if frozen else "paused"
-    then: Status = "paused" if frozen else "running"
     with st.lock(cid):
         state = st.load(cid)
-        if state.status != want:
-            raise StateError(f"container {cid} is {state.status}, not {want}",
-                             "pause a running container, resume a paused one")
+        then = check(cid, state.status, "pause" if frozen else "resume")
+        assert then is not None
         agent = _agent(root, cid, config_path)
         (agent.pause_container if frozen else agent.resume_container)(cid)
         st.save(dataclasses.replace(state, status=then))
@@ -508,8 +489,7 @@ def processes(root: Path, cid: str, config_path: str | None
     guest's CLOCK_BOOTTIME (AgentClient.read_processes; psview.py renders
     them); none for a container that is not live: runc's `ps` of a stopped
     container prints the header alone."""
-    state = store(root).load(cid)
-    if state.status not in ("created", "running", "paused"):
+    if store(root).load(cid).status not in LIVE:
         return [], 0
     return _agent(root, cid, config_path).read_processes(cid)  # type: ignore[no-any-return]
 
@@ -522,10 +502,8 @@ def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:
         # Under the lock throughout: podman's `run --rm` and conmon's cleanup
         # both delete, at the same moment; the second waits, then finds nothing.
         with st.lock(cid):
-            state = st.load(cid)
-            if state.status in ("running", "paused") and not force:
-                raise StateError(f"container {cid} is {state.status}",
-                                 "stop it first, or use `kata-py delete --force`")
+            if not force:
+                check(cid, st.load(cid).status, "delete")
             destroy(root, cid, config_path, run_poststop=True)
     except (NotFoundError, CorruptStateError):
         # --force: a container that does not exist, or whose record is

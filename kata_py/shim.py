@@ -39,20 +39,20 @@ from typing import TYPE_CHECKING
 from kata_py import fuse, host_cgroup, records
 from kata_py.config import load_config
 from kata_py.console import get_winsize, open_pty, send_console, set_winsize
+from kata_py.container import Container, CreateRequest
 from kata_py.errors import KataError
 from kata_py.holder import Bind, HolderLink
 from kata_py.hooks import run_hooks
 from kata_py.hypervisor.process import ProcessRef, log_tail
-from kata_py.network import netns_path
 from kata_py.private import restrict_umask
 from kata_py.procview import ProcView
 from kata_py.records import CONTAINERS_DIR, SHIM_FILE, START_SOCKET
 from kata_py.sandbox import Sandbox
-from kata_py.sizing import vm_size
 from kata_py.spec import Spec, load_spec
 from kata_py.startsock import StartListener
 from kata_py.state import ContainerState, StateStore
-from kata_py.translate import is_bind, to_launch_config
+from kata_py.stdio import AGENT_GONE_EXIT, Relay
+from kata_py.translate import is_bind
 
 if TYPE_CHECKING:
     from kata_py.agent_client import AgentClient
@@ -62,12 +62,7 @@ log = logging.getLogger("kata_py.shim")
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
-WAIT_SLICE_S = 60.0
-DRAIN_WAIT_S = 10.0
-READ_MAX_BYTES = 1 << 20   # per ReadStdout/ReadStderr: fewer round trips through the VM
-AGENT_GONE_EXIT = 255
 ABORTING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-STATS_TIMEOUT_S = 5.0       # a reader of the stats or /proc view waits at most this for the guest
 FAILED_LOG_LINES = 80       # of shim.log (with the sandbox's log tails) after a failed create
 
 
@@ -79,49 +74,6 @@ def _notify(fd: int, line: str, details: str = "") -> None:
         os.close(fd)
     except OSError:
         pass
-
-
-def _pump_out(agent: AgentClient, cid: str, exec_id: str, stream: str, fd: int,
-              release: bool = True) -> None:
-    """Copy one of the process's output streams to fd until EOF. At EOF, with
-    `release`, fd stops referring to the caller's file (/dev/null takes its
-    number, which must not be reused): runc passes the caller's stdio
-    through, so the caller sees EOF as soon as the container's process has
-    closed it, even while that process runs on (`out=$(kata-py run -d …)`)."""
-    while True:
-        try:
-            data = agent.read_output(cid, stream, timeout_s=WAIT_SLICE_S,
-                                     max_bytes=READ_MAX_BYTES, exec_id=exec_id)
-        except KataError as exc:
-            log.info("%s of %s: no more output: %s", stream, exec_id or cid, exc)
-            return
-        if data is None:
-            continue
-        if not data:
-            break
-        try:
-            os.write(fd, data)
-        except OSError as exc:
-            log.info("%s of %s: the reader went away: %s", stream, exec_id or cid, exc)
-            return
-    if release:
-        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
-
-
-def _pump_in(agent: AgentClient, cid: str, exec_id: str, fd: int = 0) -> None:
-    try:
-        while data := os.read(fd, 64 * 1024):
-            agent.write_stdin(cid, data, exec_id)
-    except (OSError, KataError) as exc:
-        log.info("stdin of %s: stopped: %s", exec_id or cid, exc)
-    try:
-        agent.close_stdin(cid, exec_id)
-    except KataError as exc:
-        log.info("stdin of %s: not closed in the guest: %s", exec_id or cid, exc)
 
 
 def follow_window_size(agent: AgentClient, cid: str, exec_id: str, tty: int) -> None:
@@ -165,12 +117,9 @@ def relay(agent: AgentClient, cid: str, exec_id: str = "", tty: int | None = Non
     out, err, inp = (tty, tty, tty) if tty is not None else (1, 2, 0)
     if tty is not None and tty_output is not None:
         out = err = tty_output
-    pumps = [threading.Thread(target=_pump_out, args=(agent, cid, exec_id, s, fd, tty is None),
-                              daemon=True)
-             for s, fd in (("stdout", out), ("stderr", err))]
-    for t in pumps:
-        t.start()
-    threading.Thread(target=_pump_in, args=(agent, cid, exec_id, inp), daemon=True).start()
+    process = Relay(agent, cid, exec_id, stdin=inp, stdout=out, stderr=err,
+                    release=tty is None)
+    process.start()
     if tty is not None:
         follow_window_size(agent, cid, exec_id, tty)
 
@@ -182,16 +131,7 @@ def relay(agent: AgentClient, cid: str, exec_id: str = "", tty: int | None = Non
 
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
-    code: int | None = None
-    while code is None:
-        try:
-            code = agent.wait_process(cid, WAIT_SLICE_S, exec_id)
-        except KataError as exc:
-            log.warning("agent gone while waiting for %s: %s", cid, exc)
-            return AGENT_GONE_EXIT
-    for t in pumps:
-        t.join(DRAIN_WAIT_S)
-    return code
+    return process.wait()
 
 
 def open_terminal(console_socket: Path, size: tuple[int, int] | None = None) -> int:
@@ -221,6 +161,7 @@ class Shim:
         self.cfg = dataclasses.replace(self.cfg, state_dir=str(root))
         self.store = StateStore(root / CONTAINERS_DIR)
         self.sandbox: Sandbox | None = None     # sized from the spec in setup()
+        self.container: Container | None = None
         self.starter: StartListener | None = None
         self.view: StatsView | None = None
         self.procs: ProcView | None = None
@@ -240,25 +181,11 @@ class Shim:
             self.store.save(state)
         host_cgroup.join(state.host_cgroup)   # QEMU and the daemons inherit it
         spec = load_spec(Path(state.bundle))
-        launch, shares = to_launch_config(spec, self.cid, state.bundle)
-        self.own_pid_ns = any(ns.type == "pid" and not ns.path for ns in launch.namespaces)
-        launch = dataclasses.replace(launch, no_pivot=self.no_pivot)
-        size = vm_size(spec, self.cfg.hypervisor)
-        self.cfg = dataclasses.replace(self.cfg, hypervisor=dataclasses.replace(
-            self.cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
-        self.sandbox = Sandbox(self.cid, self.cfg, netns=netns_path(spec))
-        boot = self.sandbox.start()
-        self.sandbox.watch()        # a dead QEMU or daemon ends the container (and its VM)
-        t_shares = time.monotonic()
-        for item in shares:
-            self.sandbox.share(item, searchable=bool(launch.uid_mappings))
-        assert self.sandbox.agent is not None
-        from kata_py.agent import launch_config
-
-        t_create = time.monotonic()
-        self.sandbox.agent.create_container(self.cid, launch_config.to_json(launch).encode())
-        log.info("container %s created: sandbox %.2fs, shares %.3fs, CreateContainer %.2fs",
-                 self.cid, boot.total_s, t_create - t_shares, time.monotonic() - t_create)
+        container = Container.create(self.cfg, CreateRequest(
+            self.cid, Path(state.bundle), no_pivot=self.no_pivot), spec)
+        self.container = container
+        self.sandbox = container.sandbox
+        self.own_pid_ns = container.own_pid_ns
         if self.holder is None:
             state = dataclasses.replace(state, pid=me.pid, pid_start_time=me.start_time)
         state = dataclasses.replace(state, status="created")
@@ -299,9 +226,8 @@ class Shim:
     def _enter_holder(self, spec: Spec, state: ContainerState) -> None:
         """The holder's mount namespace becomes the container's stand-in
         (holder.py), with the guest's processes as its /proc (procview.py)."""
-        assert self.holder is not None and self.sandbox is not None
-        agent = self.sandbox.agent
-        assert agent is not None
+        container = self.container
+        assert self.holder is not None and container is not None
         started = time.monotonic()
         fuse_fd: int | None = None
         if self.cfg.proc_view:
@@ -321,7 +247,7 @@ class Shim:
                 os.close(fuse_fd)
             raise
         if fuse_fd is not None and not why:
-            self.procs = ProcView(lambda: agent.read_processes(self.cid, STATS_TIMEOUT_S))
+            self.procs = ProcView(container.processes)
             self.procs.serve(fuse_fd)
         elif fuse_fd is not None:
             log.warning("no /proc view for podman top: %s", why)
@@ -335,9 +261,8 @@ class Shim:
             return
         started = time.monotonic()
         from kata_py import statsview
-        agent = self.sandbox.agent if self.sandbox is not None else None
-        assert agent is not None
-        self.view = statsview.StatsView(lambda: agent.stats(self.cid, STATS_TIMEOUT_S),
+        assert self.container is not None
+        self.view = statsview.StatsView(self.container.stats,
                                         statsview.targets(host_cgroup_path))
         shown = self.view.start()
         log.info("guest stats shown at %s (%.3fs)",

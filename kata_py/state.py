@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from kata_py import records
 from kata_py.errors import (
@@ -33,6 +33,7 @@ from kata_py.errors import (
     StateError,
 )
 from kata_py.hypervisor.process import ProcessRef
+from kata_py.lifecycle import Status
 from kata_py.private import private_dir
 from kata_py.records import CONTAINERS_DIR, LIVE, LOCK_FILE, STATE_FILE
 
@@ -42,7 +43,6 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_+.-]{1,64}$")
 
 log = logging.getLogger(__name__)
 
-Status = Literal["creating", "created", "running", "paused", "stopped"]
 
 
 def validate_container_id(container_id: str) -> None:

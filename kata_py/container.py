@@ -1,0 +1,170 @@
+"""The lifecycle core's container: one container in its sandbox VM, driven
+in-process by a front end — the runc front end's shim (kata_py/shim.py, one
+per container) or the containerd shim (kata_py/shimv2/, many per process).
+
+It owns the path from a bundle to a container waiting in the guest — the
+spec parsed once, checked and translated (translate.py), the VM sized
+(sizing.py), the sandbox booted and watched (sandbox.py), the rootfs and
+bind sources shared, CreateContainer — and the verbs on it over the
+sandbox's agent connection. It keeps no records and knows no protocol:
+front ends persist what they need and check statuses with lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kata_py.errors import KataError, StateError
+from kata_py.network import netns_path
+from kata_py.sandbox import Sandbox
+from kata_py.sizing import vm_size
+from kata_py.spec import Process, Spec, load_spec
+from kata_py.translate import check_size, launch_process, to_launch_config
+
+if TYPE_CHECKING:
+    from kata_py.agent_client import AgentClient
+    from kata_py.config import RuntimeConfig
+    from kata_py.guest_cgroup import GuestCgroup
+
+log = logging.getLogger(__name__)
+
+STATS_TIMEOUT_S = 5.0       # a reader of the guest's figures waits at most this
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """What a front end asks for: the container `id` from the bundle's
+    config.json. `rootfs` replaces the spec's root.path (containerd mounts
+    the snapshot at <bundle>/rootfs); `no_pivot` is runc's --no-pivot."""
+
+    id: str
+    bundle: Path
+    rootfs: Path | None = None
+    no_pivot: bool = False
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """A process to start in a created or running container (OCI `process`)."""
+
+    exec_id: str
+    process: Process
+
+
+@dataclass(frozen=True)
+class KillRequest:
+    signal: int
+    all: bool = False           # every process of the container (runc kill --all)
+    exec_id: str = ""
+
+
+class Container:
+    """A container created in its own, booted sandbox. Build it with
+    `create`; `stop` ends the sandbox."""
+
+    def __init__(self, request: CreateRequest, spec: Spec, sandbox: Sandbox) -> None:
+        self.id = request.id
+        self.request = request
+        self.spec = spec
+        self.sandbox = sandbox
+        self.own_pid_ns = spec.linux is not None and any(
+            ns.type == "pid" and not ns.path for ns in spec.linux.namespaces)
+
+    @classmethod
+    def create(cls, cfg: RuntimeConfig, request: CreateRequest,
+               spec: Spec | None = None) -> Container:
+        """Boot a sandbox sized for the spec and create the container in it,
+        waiting for start. On failure the sandbox is stopped again and the
+        error raised: nothing of it is left."""
+        spec = spec if spec is not None else load_spec(request.bundle)
+        if request.rootfs is not None:
+            spec = dataclasses.replace(spec, root=dataclasses.replace(
+                spec.root, path=request.rootfs))
+        launch, shares = to_launch_config(spec, request.id, str(request.bundle))
+        launch = dataclasses.replace(launch, no_pivot=request.no_pivot)
+        size = vm_size(spec, cfg.hypervisor)
+        cfg = dataclasses.replace(cfg, hypervisor=dataclasses.replace(
+            cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
+        sandbox = Sandbox(request.id, cfg, netns=netns_path(spec))
+        boot = sandbox.start()
+        try:
+            sandbox.watch()     # a dead QEMU or daemon ends the container (and its VM)
+            t_shares = time.monotonic()
+            for item in shares:
+                sandbox.share(item, searchable=bool(launch.uid_mappings))
+            from kata_py.agent import launch_config
+
+            t_create = time.monotonic()
+            cls._agent_of(sandbox).create_container(
+                request.id, launch_config.to_json(launch).encode())
+        except BaseException:
+            sandbox.stop()
+            raise
+        log.info("container %s created: sandbox %.2fs, shares %.3fs, CreateContainer %.2fs",
+                 request.id, boot.total_s, t_create - t_shares, time.monotonic() - t_create)
+        return cls(request, spec, sandbox)
+
+    @staticmethod
+    def _agent_of(sandbox: Sandbox) -> AgentClient:
+        if sandbox.agent is None:
+            raise StateError(f"sandbox {sandbox.id} has no agent", "it is stopped")
+        return sandbox.agent
+
+    @property
+    def agent(self) -> AgentClient:
+        return self._agent_of(self.sandbox)
+
+    # -- verbs -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.agent.start_container(self.id)
+
+    def kill(self, request: KillRequest) -> None:
+        self.agent.signal_process(self.id, request.signal, request.all, exec_id=request.exec_id)
+
+    def exec(self, request: ExecRequest) -> None:
+        """Create and start the process (the agent starts an exec at once)."""
+        from kata_py.agent import launch_config as lc
+
+        config = lc.LaunchConfig(container_id=self.id, rootfs="/",
+                                 process=launch_process(request.process),
+                                 fds=lc.Fds(sync=3, start=4))
+        check_size(config, "exec")
+        self.agent.exec_process(self.id, request.exec_id, lc.to_json(config).encode())
+
+    def resize(self, rows: int, cols: int, exec_id: str = "") -> None:
+        self.agent.resize_tty(self.id, rows, cols, exec_id=exec_id)
+
+    def close_stdin(self, exec_id: str = "") -> None:
+        self.agent.close_stdin(self.id, exec_id)
+
+    def pause(self) -> None:
+        self.agent.pause_container(self.id)
+
+    def resume(self) -> None:
+        self.agent.resume_container(self.id)
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Change the guest cgroup's limits (launch_config.Resources fields)."""
+        if not changes:
+            raise KataError("nothing to update", "give at least one resource")
+        self.agent.update_container(self.id, json.dumps(changes).encode())
+
+    def stats(self) -> GuestCgroup:
+        return self.agent.stats(self.id, STATS_TIMEOUT_S)
+
+    def processes(self) -> tuple[list[tuple[int, bytes, bytes, bytes, str]], int]:
+        return self.agent.read_processes(self.id, STATS_TIMEOUT_S)
+
+    def stop(self, guest_flushed: bool = False) -> None:
+        """End the sandbox (the container with it); never raises."""
+        try:
+            self.sandbox.stop(guest_flushed=guest_flushed)
+        except Exception:  # noqa: BLE001 - the sandbox's own cleanup logged it
+            log.exception("stopping the sandbox of %s", self.id)
