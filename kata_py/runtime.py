@@ -550,8 +550,8 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
             run_hooks("poststop", hooks, dataclasses.replace(state, status="stopped").oci())
         except KataError as exc:
             log.warning("poststop hooks of %s: %s", cid, exc)
-    if state is not None:
-        host_cgroup.remove(state.host_cgroup)
+    host_cgroup.remove(state.host_cgroup if state is not None
+                       else st.salvage_host_cgroup(cid))
     if (root / "containers" / cid).exists():
         st.remove(cid)
 

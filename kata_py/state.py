@@ -148,6 +148,19 @@ class StateStore:
             raise _corrupt(container_id, path, f"bad {', '.join(wrong) or 'id'}")
         return self._refresh(state)
 
+    def salvage_host_cgroup(self, container_id: str) -> str:
+        """The host cgroup a corrupt record still names, "" if none can be
+        read: `delete --force` removes it (and the guest-stats view on it)
+        rather than leave both on the host."""
+        try:
+            raw = records.read(self._dir(container_id) / STATE_FILE, "", "")
+        except (StateError, NotFoundError):
+            return ""
+        value = raw.get("host_cgroup")
+        if not isinstance(value, str) or ".." in value.split("/"):
+            return ""
+        return value
+
     @staticmethod
     def _refresh(state: ContainerState) -> ContainerState:
         """A container whose recorded process is gone is stopped; while

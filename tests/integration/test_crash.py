@@ -253,4 +253,7 @@ def test_a_corrupt_record_is_one_line_skipped_by_list_and_removed_by_delete_forc
     assert kp(root, "delete", "--force", "bad").returncode == 0
     assert not any(ref.alive() for ref in sandbox.values())
     assert _status(root, "bad") is None and _status(root, "good") == "running"
+    # its host cgroup (runc's default /<id>) and the guest-stats view on it go too
+    assert "/bad " not in Path("/proc/self/mountinfo").read_text()
+    assert not list(Path("/sys/fs/cgroup").glob("*/bad"))
     assert kp(root, "delete", "--force", "good").returncode == 0
