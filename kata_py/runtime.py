@@ -199,7 +199,7 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     import secrets
 
     from kata_py.agent import launch_config as lc
-    from kata_py.spec import ID_HINT, ID_MAX, check_execve_space, load_spec, parse_spec
+    from kata_py.spec import ID_HINT, ID_MAX, check_execve_space, load_spec, parse_process
     from kata_py.translate import check_size, launch_process
 
     state = store(root).load(cid)
@@ -207,9 +207,7 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     bundle = Path(state.bundle)
     spec = load_spec(bundle)
     if process_json is not None:
-        raw = {"ociVersion": spec.oci_version, "root": {"path": state.rootfs},
-               "process": process_json}
-        process = parse_spec(raw, bundle).process
+        process = parse_process(process_json, spec, bundle)
     else:
         if not args:
             raise StateError("exec needs a command", "give the command after the id, "

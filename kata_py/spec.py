@@ -220,6 +220,14 @@ def load_spec(bundle: Path) -> Spec:
     return parse_spec(data, bundle)
 
 
+def parse_process(data: object, spec: Spec, bundle: Path) -> Process:
+    """An OCI `process` object on its own (runc exec --process, containerd's
+    Exec), checked as config.json's would be."""
+    raw = {"ociVersion": spec.oci_version, "root": {"path": str(spec.root.path)},
+           "process": data}
+    return parse_spec(raw, bundle).process
+
+
 def parse_spec(data: object, bundle: Path) -> Spec:
     """Validate decoded config.json content; relative root.path is taken from `bundle`."""
     node = Node.of(data, "")

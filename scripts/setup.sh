@@ -14,6 +14,8 @@ APT_PACKAGES=(ca-certificates qemu-system-x86 qemu-system-common python3 python3
               podman conmon netavark aardvark-dns iptables iperf3 mmdebstrap
               # the other OCI tools the end-to-end tests drive kata-py with
               skopeo umoci buildah
+              # containerd runs kata-py through its shim v2 (containerd-shim-kata-py-v2)
+              containerd
               # the benchmarks' baselines, beside kata-py in the same run; runc is
               # also what the tests compare `kata-py spec` and runc-spec bundles with
               runc crun)
@@ -73,6 +75,10 @@ mv /opt/kata-py/bin/kata-py.new /opt/kata-py/bin/kata-py
 chmod 755 /opt/kata-py/bin/kata-py
 if [ ! -e /usr/local/bin/kata-py ] || [ -L /usr/local/bin/kata-py ]; then
   ln -sfn /opt/kata-py/bin/kata-py /usr/local/bin/kata-py
+fi
+# containerd finds its shim on PATH by the runtime's name (io.containerd.kata-py.v2)
+if [ ! -e /usr/local/bin/containerd-shim-kata-py-v2 ] || [ -L /usr/local/bin/containerd-shim-kata-py-v2 ]; then
+  ln -sfn /opt/kata-py/bin/containerd-shim-kata-py-v2 /usr/local/bin/containerd-shim-kata-py-v2
 fi
 
 # /dev/fuse for the guest-stats view over each container's host cgroup
