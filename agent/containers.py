@@ -364,8 +364,8 @@ class ContainerManager:
                 if not c.flushed:
                     # Before the host hears of the exit: what the container
                     # wrote through shared mmaps of the share reaches the host
-                    # now, so its shim may end the VM without DestroySandbox
-                    # (≈ 0.05 s less per run under TCG; kata_py/shim.py).
+                    # now, so its monitor may end the VM without DestroySandbox
+                    # (≈ 0.05 s less per run under TCG; kata_py/monitor.py).
                     os.sync()
                     c.flushed = True
         return code

@@ -1,5 +1,5 @@
 """Deferred imports: modules that gRPC imports but a synchronous gRPC server
-(the agent) or client (the host's CLI and shim) never uses.
+(the agent) or client (the host's CLI and monitor) never uses.
 
 `import grpc` imports `grpc.aio`, and both cygrpc and grpc.aio import asyncio,
 for an agent that serves with threads. Measured in the guest under TCG

@@ -163,7 +163,7 @@ def print_kata_logs(kata_root: Path, calls: Path) -> None:
     """What kata-py left in its root and the runtime calls for those ids, on
     stderr (stdout may be JSON)."""
     ids = {p.name for p in kata_root.glob("containers/*")}
-    for path in [*kata_root.glob("containers/*/shim.log"), *kata_root.glob("vm/*/*.log")]:
+    for path in [*kata_root.glob("containers/*/monitor.log"), *kata_root.glob("vm/*/*.log")]:
         tail = path.read_text(errors="replace").splitlines()[-20:]
         print(f"----- {path} (last 20 lines)\n" + "\n".join(tail), file=sys.stderr)
     lines = calls.read_text(errors="replace").splitlines() if calls.exists() else []

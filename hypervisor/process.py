@@ -143,7 +143,7 @@ def spawn_daemon(argv: list[str], log_path: Path, name: str,
     the process that owns the sandbox dies, even by SIGKILL, its VM and
     daemons go with it instead of running on unseen by `state` and `delete`.
     The kernel ties it to the *thread* that forks, so a sandbox must be
-    started from a thread that outlives it (the shim's main thread).
+    started from a thread that outlives it (the monitor's main thread).
     """
     with open(log_path, "ab") as out:
         proc = subprocess.Popen([*DIE_WITH_PARENT, *argv], stdin=subprocess.DEVNULL,

@@ -2,9 +2,10 @@
 
 The argv is assembled from one small function per device/option group so
 each can be unit-tested against golden output (tests/unit/test_qemu_argv.py).
-QEMU is the child of the process that starts the sandbox (the shim) and
-dies with it (PR_SET_PDEATHSIG, process.py): a VM never outlives the
-monitor that `state` and `delete` know it by. Launch returns once QEMU
+QEMU is the child of the process that starts the sandbox (kata-py's
+monitor, or the containerd shim) and dies with it (PR_SET_PDEATHSIG,
+process.py): a VM never outlives the process that `state` and `delete`
+know it by. Launch returns once QEMU
 answers a QMP command, which its main loop only does after every device
 (vhost-user sockets included) is initialised, so launch errors surface as
 QEMU's exit with the reason in the per-sandbox log. NICs are taps that

@@ -303,7 +303,7 @@ def _create_flags(command: F) -> F:
 
 @cli.command()
 @click.option("--bundle", "-b", default=".", help="path to the OCI bundle")
-@click.option("--pid-file", default=None, help="write the shim's pid here")
+@click.option("--pid-file", default=None, help="write the monitor's pid here")
 @_create_flags
 @click.argument("container_id")
 @click.pass_obj

@@ -1,12 +1,12 @@
-"""Host terminals for containers with `process.terminal`: the pty the shim
+"""Host terminals for containers with `process.terminal`: the pty the monitor
 allocates and the `--console-socket` protocol runc established.
 
 Protocol (runc's, which conmon and containerd speak): connect a SOCK_STREAM
 unix socket to the console socket path and send one message whose payload
 is the terminal's name and whose SCM_RIGHTS control message carries the pty
-*master* fd. The receiver (conmon) then owns the master; the shim keeps the
+*master* fd. The receiver (conmon) then owns the master; the monitor keeps the
 slave and relays it to the guest process's terminal, forwarding window-size
-changes (the slave is the shim's controlling terminal, so it gets SIGWINCH).
+changes (the slave is the monitor's controlling terminal, so it gets SIGWINCH).
 A foreground `exec -t` uses the caller's own terminal instead, in raw mode.
 """
 

@@ -1,5 +1,5 @@
 """The lifecycle core's container: one container in its sandbox VM, driven
-in-process by a front end — the runc front end's shim (kata_py/shim.py, one
+in-process by a front end — the runc front end's monitor (kata_py/monitor.py, one
 per container) or the containerd shim (kata_py/shimv2/, many per process).
 
 It owns the path from a bundle to a container waiting in the guest — the

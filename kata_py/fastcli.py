@@ -1,6 +1,6 @@
 """The `kata-py` console script's entry: answers `state ID` from disk with
 nothing but os and the C half of json (_json), does the usual `start ID`
-(the shim's start socket, kata_py/startsock.py) with little more, and hands
+(the monitor's start socket, kata_py/startsock.py) with little more, and hands
 every other command line to the click CLI (kata_py.cli).
 
 Why: engines and scripts poll `state` (podman after a failed verb, CI
@@ -18,10 +18,10 @@ state — goes to the full CLI, which owns the error messages.
 
 `start` is every `podman run`'s second verb: the full CLI's imports are
 ≈ 0.06 s of it. Here it is kata_py.runtime.start for a created container
-whose shim listens on its start socket and whose spec has no poststart
-hooks: under the container's lock, ask the shim, then write the state as
+whose monitor listens on its start socket and whose spec has no poststart
+hooks: under the container's lock, ask the monitor, then write the state as
 StateStore.save does (a unit test compares the bytes). Anything else, and
-any failure, including an error from the shim (the container is then still
+any failure, including an error from the monitor (the container is then still
 created), goes to the full CLI, which starts it or says why not.
 """
 
@@ -166,7 +166,7 @@ def _has_poststart(bundle: str) -> bool:
     return not isinstance(hooks, dict) or bool(hooks.get("poststart"))
 
 
-def _ask_shim(path: str) -> bool:
+def _ask_monitor(path: str) -> bool:
     """kata_py.startsock.request_start; False for anything but "ok"."""
     import _socket
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
@@ -208,9 +208,9 @@ def fast_start(argv: list[str]) -> bool:
         raw = _read_json(os.path.join(directory, STATE_FILE))
         if (not isinstance(raw, dict) or raw.get("status") != "created"
                 or not isinstance(raw.get("bundle"), str) or _has_poststart(raw["bundle"])
-                or not _ask_shim(socket_path)):
+                or not _ask_monitor(socket_path)):
             return False
-        return True         # the shim has recorded it (shim.Shim._start)
+        return True         # the monitor has recorded it (monitor.Monitor._start)
     except (OSError, ValueError):
         return False
     finally:

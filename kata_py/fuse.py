@@ -1,9 +1,9 @@
-"""A small read-only FUSE server: the protocol under the shim's views of
+"""A small read-only FUSE server: the protocol under the monitor's views of
 guest state on the host (statsview.py at the host cgroup, procview.py as
 the container's /proc for podman top).
 
 Each mount is a `Tree` (lookup, list, read, readlink over integer node ids;
-the root is ROOT_ID); one `Server` thread serves every mount of a shim.
+the root is ROOT_ID); one `Server` thread serves every mount of a monitor.
 File contents are taken once at open (FOPEN_DIRECT_IO, st_size 0, as in
 procfs and cgroupfs) and read from that copy.
 
@@ -11,7 +11,7 @@ The protocol subset (linux/fuse.h, protocol 7.31): INIT, LOOKUP, FORGET,
 BATCH_FORGET, GETATTR, READLINK, OPEN, READ, RELEASE, FLUSH, OPENDIR,
 READDIR, RELEASEDIR, STATFS, ACCESS, INTERRUPT and DESTROY; anything else
 gets ENOSYS (the mounts are read-only, so the kernel sends no writes).
-Written here rather than taken from a library: ≈ 150 lines, and the shim
+Written here rather than taken from a library: ≈ 150 lines, and the monitor
 gains no dependency.
 """
 

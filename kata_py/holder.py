@@ -3,28 +3,28 @@ it gives the host in place of the container's.
 
 Engines join the mount namespace of the pid in the pid file: podman's
 `top` reads /proc there (psgo) and its `cp` copies to and from "/" there.
-Under runc that is the container's own namespace. The shim cannot be that
+Under runc that is the container's own namespace. The monitor cannot be that
 process: it mounts on the host and needs the host's /proc. (When it was,
 `podman cp f CTR:/etc/x` on a running container wrote the host's /etc/x.)
 
-So `create` forks the holder and the holder forks the shim:
+So `create` forks the holder and the holder forks the monitor:
 
 - The holder is the pid in the pid file, which conmon waits on. It
-  forwards the signals it gets to the shim and exits with the shim's
-  status, which is the container's (killed by the shim's signal if the
-  shim was). Once the guest has made the container, it enters a mount
+  forwards the signals it gets to the monitor and exits with the monitor's
+  status, which is the container's (killed by the monitor's signal if the
+  monitor was). Once the guest has made the container, it enters a mount
   namespace of its own (a slave of the host's, so nothing it mounts shows
   on the host) whose root is the container's rootfs with the engine's bind
   mounts at their destinations: the files the guest sees through
   virtio-fs, so `podman cp` reads and writes what the container does. Its
-  /proc is the guest's processes (procview.py, served by the shim over a
-  /dev/fuse fd the shim passes), its /dev an empty tmpfs (psgo looks for
+  /proc is the guest's processes (procview.py, served by the monitor over a
+  /dev/fuse fd the monitor passes), its /dev an empty tmpfs (psgo looks for
   ttys there). A rootfs that is read-only in the container is read-only
   here too. tmpfs mounts exist only in the guest: `cp` into one writes
   the rootfs underneath it.
-- The shim is its child and dies with it (PR_SET_PDEATHSIG): `kill -9` of
-  the pid ends the container's host side as it did when the shim was that
-  pid; `delete` finds the shim from shim.json and cleans up the rest.
+- The monitor is its child and dies with it (PR_SET_PDEATHSIG): `kill -9` of
+  the pid ends the container's host side as it did when the monitor was that
+  pid; `delete` finds the monitor from monitor.json and cleans up the rest.
 
 The holder's Python imports nothing after it has entered the namespace:
 its old root, and with it the interpreter's files, is gone from its view.
@@ -73,9 +73,9 @@ class Bind:
 # ---- in create's forked child -------------------------------------------------
 
 def split(notify_fd: int) -> int:
-    """Fork the shim off this process, which becomes the holder. Returns,
-    in the shim, the fd of its link to the holder; never returns in the holder."""
-    holder_end, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    """Fork the monitor off this process, which becomes the holder. Returns,
+    in the monitor, the fd of its link to the holder; never returns in the holder."""
+    holder_end, monitor_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     holder = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -83,25 +83,25 @@ def split(notify_fd: int) -> int:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != holder:          # it died before the prctl
             os._exit(1)
-        return shim_end.detach()
-    shim_end.close()
-    os.close(notify_fd)                      # the shim answers create
+        return monitor_end.detach()
+    monitor_end.close()
+    os.close(notify_fd)                      # the monitor answers create
     try:
         _hold(pid, holder_end)
     finally:
-        os._exit(1)      # never back into the caller: its code is the shim's
+        os._exit(1)      # never back into the caller: its code is the monitor's
 
 
-def _hold(shim: int, link: socket.socket) -> NoReturn:
-    """The holder's life: serve the shim's one request, forward signals,
-    exit as the shim did."""
+def _hold(monitor: int, link: socket.socket) -> NoReturn:
+    """The holder's life: serve the monitor's one request, forward signals,
+    exit as the monitor did."""
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
-        os.dup2(null, fd)                    # the container's stdio is the shim's alone
+        os.dup2(null, fd)                    # the container's stdio is the monitor's alone
     os.close(null)
     for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda signum, frame: _forward(shim, signum))
-    pidfd = os.pidfd_open(shim)
+        signal.signal(sig, lambda signum, frame: _forward(monitor, signum))
+    pidfd = os.pidfd_open(monitor)
     watched: list[int | socket.socket] = [pidfd, link]
     while pidfd not in select.select(watched, [], [])[0]:
         try:
@@ -116,7 +116,7 @@ def _hold(shim: int, link: socket.socket) -> NoReturn:
             link.send(reply.encode())
         except OSError:
             pass
-    _, status = os.waitpid(shim, 0)
+    _, status = os.waitpid(monitor, 0)
     if os.WIFSIGNALED(status):
         killed = os.WTERMSIG(status)
         if killed not in (signal.SIGKILL, signal.SIGSTOP):
@@ -126,9 +126,9 @@ def _hold(shim: int, link: socket.socket) -> NoReturn:
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _forward(shim: int, signum: int) -> None:
+def _forward(monitor: int, signum: int) -> None:
     try:
-        os.kill(shim, signum)
+        os.kill(monitor, signum)
     except ProcessLookupError:
         pass
 
@@ -202,7 +202,7 @@ def enter(rootfs: Path, readonly: bool, binds: list[Bind], fuse_fd: int | None,
     container's network through the pid after create (buildah) must not
     reach the host's. Returns why there is no /proc view, or "" when there
     is. An error leaves the process in a half-made namespace: the caller
-    (the shim) fails the create, which ends the holder."""
+    (the monitor) fails the create, which ends the holder."""
     _call(_libc.unshare(CLONE_NEWNS | (CLONE_NEWNET if own_net else 0)),
           "unshare the mount namespace")
     _mount(None, "/", None, MS_REC | MS_SLAVE)
@@ -244,10 +244,10 @@ def enter(rootfs: Path, readonly: bool, binds: list[Bind], fuse_fd: int | None,
     return no_proc
 
 
-# ---- in the shim --------------------------------------------------------------
+# ---- in the monitor --------------------------------------------------------------
 
 class HolderLink:
-    """The shim's end of the link to its holder."""
+    """The monitor's end of the link to its holder."""
 
     def __init__(self, fd: int) -> None:
         self.sock = socket.socket(fileno=fd)

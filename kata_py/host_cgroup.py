@@ -1,6 +1,6 @@
 """The container's cgroup on the *host* (config.json `linux.cgroupsPath`).
 
-kata-py puts the sandbox's host processes — the shim, QEMU, virtiofsd and
+kata-py puts the sandbox's host processes — the monitor, QEMU, virtiofsd and
 the vsock backend — into that cgroup, in every mounted hierarchy (cgroup v1
 controllers and the v2 tree), the way Kata's `sandbox_cgroup_only` does. So
 engines that read host cgroups (`podman stats`, `podman inspect`) account the
@@ -111,7 +111,7 @@ def join(path: str, pid: int | None = None) -> None:
 
 
 def _leave(directory: Path) -> None:
-    """A shim tearing down its own failed create is still inside: move to the parent."""
+    """A monitor tearing down its own failed create is still inside: move to the parent."""
     try:
         if str(os.getpid()) in (directory / "cgroup.procs").read_text().split():
             (directory.parent / "cgroup.procs").write_text(str(os.getpid()))
@@ -130,7 +130,7 @@ def remove(path: str) -> None:
     for mount in hierarchies(mountinfo):
         directory = mount / path.lstrip("/")
         if str(directory) in points:
-            # the guest-stats view (statsview.py) of a shim that did not unmount it
+            # the guest-stats view (statsview.py) of a monitor that did not unmount it
             from kata_py import host_mounts
             while host_mounts.detach(directory):
                 pass

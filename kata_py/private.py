@@ -1,7 +1,7 @@
 """Everything kata-py creates on the host is private to root.
 
 Owns the two rules that make it so, whatever the caller's umask:
-- every kata-py process (the CLI, the shim, the vsock backend; QEMU and
+- every kata-py process (the CLI, the monitor, the vsock backend; QEMU and
   virtiofsd inherit it) runs with umask 077, so its files are 0600, its
   directories 0700 and its unix sockets connectable by root alone (Linux
   checks write permission on the socket inode for connect);

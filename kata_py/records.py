@@ -4,9 +4,9 @@ Under `--root` (default /run/kata-py):
 
     containers/<id>/state.json      the container (state.py)
     containers/<id>/.lock           flock held by each verb on the container
-    containers/<id>/shim.json       its shim, once the holder has the pid (holder.py)
-    containers/<id>/exec-<x>.json   the shim of a detached exec
-    containers/<id>/start.sock      the shim's start socket (startsock.py)
+    containers/<id>/monitor.json       its monitor, once the holder has the pid (holder.py)
+    containers/<id>/exec-<x>.json   the monitor of a detached exec
+    containers/<id>/start.sock      the monitor's start socket (startsock.py)
     vm/<id>/sandbox.json            the sandbox: VM, daemons, vsock, network (sandbox.py)
 
 `write` is atomic: a private temp file (0600) in the same directory, fsync,
@@ -25,10 +25,10 @@ import os
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
-SHIM_FILE = "shim.json"
+MONITOR_FILE = "monitor.json"
 EXEC_PREFIX = "exec-"
 START_SOCKET = "start.sock"
-START_REPLY_TIMEOUT_S = 60.0     # how long `start` waits for the shim's answer there
+START_REPLY_TIMEOUT_S = 60.0     # how long `start` waits for the monitor's answer there
 SANDBOX_FILE = "sandbox.json"
 CONTAINERS_DIR = "containers"
 SANDBOXES_DIR = "vm"

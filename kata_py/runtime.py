@@ -1,7 +1,7 @@
 """Container lifecycle verbs (runc semantics) over the state store, the
-shim and the sandbox. The CLI calls one function per verb.
+monitor and the sandbox. The CLI calls one function per verb.
 
-Layout under --root: containers/<id>/ (state.json, shim.log) and vm/<id>/
+Layout under --root: containers/<id>/ (state.json, monitor.log) and vm/<id>/
 (the sandbox). One sandbox VM per container; its id is the container id.
 """
 
@@ -22,15 +22,15 @@ from kata_py import host_cgroup, records
 from kata_py.errors import ConfigError, CorruptStateError, KataError, NotFoundError, StateError
 from kata_py.hypervisor.process import ProcessRef
 from kata_py.lifecycle import LIVE, check
-from kata_py.records import CONTAINERS_DIR, EXEC_PREFIX, SHIM_FILE, START_SOCKET
+from kata_py.records import CONTAINERS_DIR, EXEC_PREFIX, MONITOR_FILE, START_SOCKET
 from kata_py.state import ContainerState, now_rfc3339, store
 
 log = logging.getLogger(__name__)
 
 CREATE_TIMEOUT_S = 300.0
-DETAILS_WAIT_S = 2.0        # for the log lines after a shim's error line
-SHIM_TEARDOWN_WAIT_S = 10.0   # a stopped container's shim stopping its VM
-SHIM_EXIT_WAIT_S = 10.0
+DETAILS_WAIT_S = 2.0        # for the log lines after a monitor's error line
+MONITOR_TEARDOWN_WAIT_S = 10.0   # a stopped container's monitor stopping its VM
+MONITOR_EXIT_WAIT_S = 10.0
 
 
 def _config(root: Path, config_path: str | None):  # type: ignore[no-untyped-def]
@@ -43,7 +43,7 @@ def _config(root: Path, config_path: str | None):  # type: ignore[no-untyped-def
 def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
            config_path: str | None, debug: bool = False,
            console_socket: Path | None = None, no_pivot: bool = False) -> int:
-    """Create the container; returns the shim's pid once the container waits for start."""
+    """Create the container; returns the monitor's pid once the container waits for start."""
     from kata_py.sizing import vm_size
     from kata_py.spec import load_spec
     from kata_py.translate import to_launch_config
@@ -66,7 +66,7 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
     except ValueError as exc:
         raise ConfigError(f"config.json: linux.{exc}", "fix linux.cgroupsPath") from exc
     st = store(root)
-    me = ProcessRef.of(os.getpid(), "create")     # until the holder exists (shim.Shim.setup)
+    me = ProcessRef.of(os.getpid(), "create")     # until the holder exists (monitor.Monitor.setup)
     st.create(ContainerState(id=cid, bundle=str(bundle), rootfs=str(spec.root.path),
                              status="creating", created=now_rfc3339(), pid=me.pid,
                              pid_start_time=me.start_time,
@@ -77,38 +77,38 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
         extra.append("--no-pivot")  # the launcher moves the root instead of pivot_root
     if console_socket is not None:
         extra += ["--console-socket", str(console_socket.resolve())]
-    shim, line, details = _spawn_shim(root, cid, config_path, *extra, fork=True)
+    monitor, line, details = _spawn_monitor(root, cid, config_path, *extra, fork=True)
     if not line.startswith("ok"):
-        if shim.poll() is None:
-            shim.kill()
-        status = shim.wait()
+        if monitor.poll() is None:
+            monitor.kill()
+        status = monitor.wait()
         _keep_in_log(cid, details, debug)
         destroy(root, cid, config_path)
         if line.startswith("error "):
             raise KataError(line[len("error "):])
-        raise KataError(f"container {cid}: the shim died while creating it (exit status "
+        raise KataError(f"container {cid}: the monitor died while creating it (exit status "
                         f"{status})", "rerun with --debug; this is a kata-py bug")
     if pid_file is not None:
-        _write_pid_file(pid_file, shim.pid)
-    # The shim outlives us; the caller's subreaper (conmon) inherits it.
-    return shim.pid
+        _write_pid_file(pid_file, monitor.pid)
+    # The monitor outlives us; the caller's subreaper (conmon) inherits it.
+    return monitor.pid
 
 
 def _keep_in_log(cid: str, details: str, debug: bool) -> None:
-    """A failed create's shim log (its teardown removed the file) into a text
+    """A failed create's monitor log (its teardown removed the file) into a text
     --log, as warnings before the error line; never on stderr, which gets one
-    line (with --debug the shim has echoed it there). Not into a JSON --log:
+    line (with --debug the monitor has echoed it there). Not into a JSON --log:
     podman 4.3 reads that file as one JSON object when the runtime fails."""
     text_file = any(isinstance(h, logging.FileHandler) and type(h.formatter) is logging.Formatter
                     for h in logging.getLogger().handlers)
     if details and text_file and not debug:
         for line in details.splitlines():
-            log.warning("shim of %s: %s", cid, line)
+            log.warning("monitor of %s: %s", cid, line)
 
 
 def _read_notify(fd: int, timeout_s: float) -> tuple[str, str]:
-    """The shim's status line, and after an error the log lines that follow
-    it (the shim exits right after them: EOF comes at once, and a stray
+    """The monitor's status line, and after an error the log lines that follow
+    it (the monitor exits right after them: EOF comes at once, and a stray
     holder of the pipe costs at most DETAILS_WAIT_S)."""
     deadline = time.monotonic() + timeout_s
     data = b""
@@ -139,7 +139,7 @@ def _agent(root: Path, cid: str, config_path: str | None):  # type: ignore[no-un
                          f"delete it with `kata-py delete --force {cid}`")
     if sb.dead_process() is not None:     # fail now, not after the agent's dial timeout
         raise StateError(f"container {cid}: {sb.gone_reason()}",
-                         f"its shim is stopping it; then `kata-py delete {cid}`")
+                         f"its monitor is stopping it; then `kata-py delete {cid}`")
     return sb.agent
 
 
@@ -150,7 +150,7 @@ def start(root: Path, cid: str, config_path: str | None) -> None:
     with st.lock(cid):
         state = st.load(cid)
         check(cid, state.status, "start")
-        # The shim starts it over its own connection to the agent, and
+        # The monitor starts it over its own connection to the agent, and
         # records it; without one listening (its socket path too long, say),
         # ask the agent here.
         state = dataclasses.replace(state, status="running")
@@ -238,17 +238,17 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     agent = _agent(root, cid, config_path)
     agent.exec_process(cid, exec_id, lc.to_json(config).encode())
     if detach:
-        shim_pid = _spawn_exec_shim(root, cid, exec_id, config_path, console_socket)
+        monitor_pid = _spawn_exec_monitor(root, cid, exec_id, config_path, console_socket)
         # destroy() ends it with the container (see there)
-        ref = ProcessRef.of(shim_pid, f"exec shim {exec_id}")
+        ref = ProcessRef.of(monitor_pid, f"exec monitor {exec_id}")
         records.write(root / CONTAINERS_DIR / cid / f"{EXEC_PREFIX}{exec_id}.json",
                       ref.to_json())
         if pid_file is not None:
-            _write_pid_file(pid_file, shim_pid)
+            _write_pid_file(pid_file, monitor_pid)
         return 0
     if pid_file is not None:
         _write_pid_file(pid_file, os.getpid())
-    from kata_py.shim import relay
+    from kata_py.monitor import relay
 
     try:
         if process.terminal:    # the guest pty on the caller's terminal, raw, as runc
@@ -293,20 +293,20 @@ def _exec_terminal(process: Any, detach: bool, console_socket: Path | None) -> A
     return process
 
 
-def _spawn_exec_shim(root: Path, cid: str, exec_id: str, config_path: str | None,
+def _spawn_exec_monitor(root: Path, cid: str, exec_id: str, config_path: str | None,
                      console_socket: Path | None = None) -> int:
     extra = ["--exec-id", exec_id]
     if console_socket is not None:
         extra += ["--console-socket", str(console_socket.resolve())]
-    shim, line, _ = _spawn_shim(root, cid, config_path, *extra)
+    monitor, line, _ = _spawn_monitor(root, cid, config_path, *extra)
     if not line.startswith("ok"):
-        raise KataError(f"exec in container {cid}: {line or 'the exec shim died'}")
-    shim.returncode = 0  # it outlives us: Popen.__del__ must not reap or warn
-    return shim.pid
+        raise KataError(f"exec in container {cid}: {line or 'the exec monitor died'}")
+    monitor.returncode = 0  # it outlives us: Popen.__del__ must not reap or warn
+    return monitor.pid
 
 
-class ForkedShim:
-    """A shim forked from this process, with the part of Popen's API create uses."""
+class ForkedMonitor:
+    """A monitor forked from this process, with the part of Popen's API create uses."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -329,11 +329,11 @@ class ForkedShim:
         return self.returncode
 
 
-def _spawn_shim(root: Path, cid: str, config_path: str | None, *extra: str,
-                fork: bool = False) -> tuple[ForkedShim | subprocess.Popen[bytes], str, str]:
-    """Start a shim with our stdio; (it, its status line, the log lines after an error).
+def _spawn_monitor(root: Path, cid: str, config_path: str | None, *extra: str,
+                fork: bool = False) -> tuple[ForkedMonitor | subprocess.Popen[bytes], str, str]:
+    """Start a monitor with our stdio; (it, its status line, the log lines after an error).
 
-    fork: the shim is this process, forked: a fresh `python -m kata_py.shim`
+    fork: the monitor is this process, forked: a fresh `python -m kata_py.monitor`
     spent ≈ 60 ms of every create starting the interpreter and importing what
     create has imported already. Only where no thread has started (create:
     gRPC's threads would not survive a fork); the child keeps only stdio and
@@ -342,7 +342,7 @@ def _spawn_shim(root: Path, cid: str, config_path: str | None, *extra: str,
     argv = ["--root", str(root), "--id", cid, "--notify-fd", str(write_fd), *extra]
     if config_path:
         argv += ["--config", config_path]
-    shim: ForkedShim | subprocess.Popen[bytes]
+    monitor: ForkedMonitor | subprocess.Popen[bytes]
     try:
         if fork:
             for stream in (sys.stdout, sys.stderr):
@@ -351,22 +351,22 @@ def _spawn_shim(root: Path, cid: str, config_path: str | None, *extra: str,
             pid = os.fork()
             if pid == 0:
                 os.close(read_fd)
-                _become_shim(argv, write_fd, creator)
-            shim = ForkedShim(pid)
+                _become_monitor(argv, write_fd, creator)
+            monitor = ForkedMonitor(pid)
         else:
             # -P: never the current directory first on sys.path (a checkout's
             # kata_py/ would shadow the installed package).
-            shim = subprocess.Popen([sys.executable, "-P", "-m", "kata_py.shim", *argv],
+            monitor = subprocess.Popen([sys.executable, "-P", "-m", "kata_py.monitor", *argv],
                                     pass_fds=(write_fd,), close_fds=True)
     finally:
         os.close(write_fd)
-    return (shim, *_read_notify(read_fd, CREATE_TIMEOUT_S))
+    return (monitor, *_read_notify(read_fd, CREATE_TIMEOUT_S))
 
 
-def _become_shim(argv: list[str], notify_fd: int, creator: int) -> None:
+def _become_monitor(argv: list[str], notify_fd: int, creator: int) -> None:
     """In the forked child: drop what the CLI had open, become the
     container's holder (holder.py: the pid in the pid file) and run the
-    shim in the holder's child, which aborts the create should `creator`
+    monitor in the holder's child, which aborts the create should `creator`
     (this create) die first; exit."""
     code = 1
     try:
@@ -386,9 +386,9 @@ def _become_shim(argv: list[str], notify_fd: int, creator: int) -> None:
         creator_fd = os.pidfd_open(creator)
         if os.getppid() != creator:        # create died before the pidfd was opened
             return
-        from kata_py import holder, shim
+        from kata_py import holder, monitor
         link = holder.split(notify_fd)     # this process becomes the holder; its child goes on
-        code = shim.main([*argv, "--holder-fd", str(link), "--creator-fd", str(creator_fd)])
+        code = monitor.main([*argv, "--holder-fd", str(link), "--creator-fd", str(creator_fd)])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - a child must never return into the CLI
@@ -505,31 +505,31 @@ def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:
             destroy(root, cid, config_path, run_poststop=True)
     except (NotFoundError, CorruptStateError):
         # --force: a container that does not exist, or whose record is
-        # corrupt (destroy finds its shims and sandbox without it), goes too.
+        # corrupt (destroy finds its monitors and sandbox without it), goes too.
         if not force:
             raise
         destroy(root, cid, config_path)
 
 
 def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = False) -> None:
-    """Remove everything of container cid that exists: sandbox, shim, state."""
+    """Remove everything of container cid that exists: sandbox, monitor, state."""
     st = store(root)
     cfg = _config(root, config_path)
     try:
         state: ContainerState | None = st.load(cid)
     except KataError:
         state = None
-    # The shims first (their status: killed): one still alive would see its
+    # The monitors first (their status: killed): one still alive would see its
     # VM vanish and report that as an unexpected death on the container's
     # stderr, and one still creating could go on starting what stop() ended.
-    for shim in _shims(root, cid, state):
-        # A stopped container's shim may still be stopping its sandbox (shim.py
+    for monitor in _monitors(root, cid, state):
+        # A stopped container's monitor may still be stopping its sandbox (monitor.py
         # serve()): let it finish rather than kill it half way.
-        if (state is not None and state.status == "stopped" and shim.name == "shim"
-                and shim.wait(SHIM_TEARDOWN_WAIT_S)):
+        if (state is not None and state.status == "stopped" and monitor.name == "monitor"
+                and monitor.wait(MONITOR_TEARDOWN_WAIT_S)):
             continue
-        if shim.signal(signal.SIGKILL) and not shim.wait(SHIM_EXIT_WAIT_S):
-            log.error("%s (pid %d) survived SIGKILL", shim.name, shim.pid)
+        if monitor.signal(signal.SIGKILL) and not monitor.wait(MONITOR_EXIT_WAIT_S):
+            log.error("%s (pid %d) survived SIGKILL", monitor.name, monitor.pid)
     sandbox_dir = Path(cfg.state_dir) / "vm" / cid
     if sandbox_dir.exists():
         from kata_py.sandbox import Sandbox
@@ -554,21 +554,21 @@ def destroy(root: Path, cid: str, config_path: str | None, run_poststop: bool = 
         st.remove(cid)
 
 
-def _shims(root: Path, cid: str, state: ContainerState | None) -> list[ProcessRef]:
-    """The container's shim and its exec shims (exec -d), as recorded."""
+def _monitors(root: Path, cid: str, state: ContainerState | None) -> list[ProcessRef]:
+    """The container's monitor and its exec monitors (exec -d), as recorded."""
     found = []
     if state is not None and state.pid:
-        # the holder (holder.py); killing it kills the shim too
-        found.append(ProcessRef(state.pid, state.pid_start_time, "shim"))
+        # the holder (holder.py); killing it kills the monitor too
+        found.append(ProcessRef(state.pid, state.pid_start_time, "monitor"))
     directory = root / "containers" / cid
-    paths = [directory / SHIM_FILE, *sorted(directory.glob(f"{EXEC_PREFIX}*.json"))]
+    paths = [directory / MONITOR_FILE, *sorted(directory.glob(f"{EXEC_PREFIX}*.json"))]
     for path in paths if directory.exists() else ():
         try:
             found.append(ProcessRef.from_json(records.read(path, f"container {cid}", "")))
         except (KataError, KeyError, TypeError):
             continue                # gone meanwhile, or half-written by a crash
-    # Not ourselves: a create (or its shim) tearing down its own failed
-    # create; nor the holder of such a shim, which exits with it.
+    # Not ourselves: a create (or its monitor) tearing down its own failed
+    # create; nor the holder of such a monitor, which exits with it.
     return [ref for ref in found if ref.pid not in (os.getpid(), os.getppid())]
 
 
@@ -576,7 +576,7 @@ def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,
         keep: bool, config_path: str | None, debug: bool = False,
         console_socket: Path | None = None, no_pivot: bool = False) -> int:
     """create + start (+ wait + delete); returns the container's exit status."""
-    shim_pid = create(root, cid, bundle, pid_file, config_path, debug, console_socket,
+    monitor_pid = create(root, cid, bundle, pid_file, config_path, debug, console_socket,
                       no_pivot)
     try:
         start(root, cid, config_path)
@@ -585,12 +585,12 @@ def run(root: Path, cid: str, bundle: Path, pid_file: Path | None, detach: bool,
         raise
     if detach:
         return 0
-    def to_shim(signum: int, frame: object) -> None:
-        os.kill(shim_pid, signum)  # the shim forwards it to the container
+    def to_monitor(signum: int, frame: object) -> None:
+        os.kill(monitor_pid, signum)  # the monitor forwards it to the container
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, to_shim)
-    _, status = os.waitpid(shim_pid, 0)
+        signal.signal(sig, to_monitor)
+    _, status = os.waitpid(monitor_pid, 0)
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code
     if not keep:

@@ -1,11 +1,11 @@
-"""The start socket: a created container's shim starts it on request.
+"""The start socket: a created container's monitor starts it on request.
 
 `kata-py start` sends one line, "start", on <root>/containers/<id>/start.sock
-and reads "ok" or "error <message>". The shim already holds a connection to
+and reads "ok" or "error <message>". The monitor already holds a connection to
 the agent, so start needs neither gRPC nor a connection of its own (≈ 0.1 s
 of every start, and of podman's). The socket goes away once the container
 has started; a start that finds none asks the agent itself (runtime.start).
-Kept apart from kata_py/shim.py so that `start` imports only this.
+Kept apart from kata_py/monitor.py so that `start` imports only this.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class StartListener:
                 try:
                     request = conn.recv(64)
                     if request.strip() != b"start":
-                        conn.sendall(b"error unknown request to the shim\n")
+                        conn.sendall(b"error unknown request to the monitor\n")
                         continue
                     try:
                         self.start()
@@ -77,7 +77,7 @@ class StartListener:
             return
 
     def close(self) -> None:
-        """Idempotent; the serving thread and the shim may both call it."""
+        """Idempotent; the serving thread and the monitor may both call it."""
         sock, self.sock = self.sock, None
         if sock is not None:
             try:
@@ -88,8 +88,8 @@ class StartListener:
 
 
 def request_start(path: Path) -> bool:
-    """Ask the shim listening on path to start its container. False: there is
-    no such shim (the caller asks the agent); raises KataError with its error."""
+    """Ask the monitor listening on path to start its container. False: there is
+    no such monitor (the caller asks the agent); raises KataError with its error."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     with sock:
         try:
@@ -99,7 +99,7 @@ def request_start(path: Path) -> bool:
         except OSError as exc:
             if len(os.fsencode(path)) > 107:
                 return False
-            raise KataError(f"cannot reach the shim on {path}: {exc}", "") from exc
+            raise KataError(f"cannot reach the monitor on {path}: {exc}", "") from exc
         sock.settimeout(START_REPLY_TIMEOUT_S)
         sock.sendall(b"start\n")
         reply = b""
@@ -110,12 +110,12 @@ def request_start(path: Path) -> bool:
                     break
                 reply += chunk
         except OSError as exc:
-            raise KataError(f"the shim did not answer start ({exc})",
-                            "check the container's shim.log") from exc
+            raise KataError(f"the monitor did not answer start ({exc})",
+                            "check the container's monitor.log") from exc
     line = reply.decode(errors="replace").strip()
     if line == "ok":
         return True
     if line.startswith("error "):
         raise KataError(line[len("error "):])
-    raise KataError("the shim ended without starting the container",
-                    "check `kata-py state` and the container's shim.log")
+    raise KataError("the monitor ended without starting the container",
+                    "check `kata-py state` and the container's monitor.log")

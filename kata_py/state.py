@@ -165,7 +165,7 @@ class StateStore:
     def _refresh(state: ContainerState) -> ContainerState:
         """A container whose recorded process is gone is stopped; while
         "creating", that process is the create itself until the holder
-        exists (runtime.create, shim.Shim.setup), so a create killed half
+        exists (runtime.create, monitor.Monitor.setup), so a create killed half
         way leaves a stopped container that a plain delete removes."""
         proc = state.process()
         if state.status in LIVE and (proc is None or not proc.alive()):
@@ -189,7 +189,7 @@ class StateStore:
 
     def remove(self, container_id: str) -> None:
         """Remove the container's directory. Its files may vanish or appear
-        meanwhile (a failed create's shim tearing down at the same time as a
+        meanwhile (a failed create's monitor tearing down at the same time as a
         `delete --force`): what is gone is gone, what came is removed too."""
         directory = self._dir(container_id)
         for _ in range(REMOVE_ATTEMPTS):

@@ -4,16 +4,16 @@ container's cgroup on the host.
 podman computes `stats` from the host's cgroupfs (the cgroup of the pid in
 the pid file) and never asks the runtime; monitoring tools and conformance
 checks read limits there too. That cgroup holds the sandbox's host processes
-(host_cgroup.py: the shim, QEMU, virtiofsd, the vsock backend), so on its
-own it shows the VM's footprint, not the container's. The shim therefore
+(host_cgroup.py: the monitor, QEMU, virtiofsd, the vsock backend), so on its
+own it shows the VM's footprint, not the container's. The monitor therefore
 mounts a small read-only FUSE file system over that directory in every
 hierarchy it knows (the v2 tree; the v1 memory, cpu, cpuacct, cpuset, pids,
 blkio and hugetlb hierarchies): the files of that controller with the names
 and formats of a real cgroup, carrying the guest cgroup's limits and usage
 (guest_cgroup.py renders them), fetched when a file is looked up or opened
 and reused for CACHE_S. lxcfs does the same for /proc. The kernel's cgroup
-underneath is untouched: the shim unmounts the view before it stops the
-sandbox, and `delete` detaches a view a killed shim left before it removes
+underneath is untouched: the monitor unmounts the view before it stops the
+sandbox, and `delete` detaches a view a killed monitor left before it removes
 the cgroup (host_cgroup.remove). `stats_view = false` in the runtime config
 turns it off.
 
@@ -105,7 +105,7 @@ class _FlatTree:
 
 
 class StatsView:
-    """The FUSE views of one container, served by one thread of its shim."""
+    """The FUSE views of one container, served by one thread of its monitor."""
 
     def __init__(self, fetch: Callable[[], GuestCgroup],
                  points: list[tuple[Path, tuple[str, ...]]]) -> None:

@@ -6,7 +6,7 @@ drained.
 Thread-safe and free of signal handlers, so one server can relay many
 containers and execs at once (the containerd shim); forwarding signals and
 following a terminal's size belong to the front end that owns a terminal
-(the runc front end's shim, kata_py/shim.py).
+(the runc front end's monitor, kata_py/monitor.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from kata_py.spec_linux import Linux, Resources, Seccomp
 GUEST_SHARE = str(SHARED_DIR)            # where the guest mounts the virtio-fs share
 GUEST_CGROUP_PARENT = CGROUP_PARENT     # below the guest's /sys/fs/cgroup (the agent prepares it)
 # A launch description's share of the agent's message limit; the request's
-# other fields, and the bundle path the shim adds after create's check, fit
+# other fields, and the bundle path the monitor adds after create's check, fit
 # in the rest.
 DESCRIPTION_MAX_BYTES = GRPC_MESSAGE_MAX_BYTES - 64 * 1024
 KERNEL_FS_TYPES = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup",

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(ca-certificates qemu-system-x86 qemu-system-common python3 python3-venv python3-dev
               busybox-static cpio e2fsprogs binutils file zstd lz4 xz-utils iproute2 procps
-              # setpriv: the sandbox's daemons die with their shim (Essential, listed for clarity)
+              # setpriv: the sandbox's daemons die with their monitor (Essential, listed for clarity)
               util-linux
               # the podman end-to-end tests and benchmarks
               podman conmon netavark aardvark-dns iptables iperf3 mmdebstrap

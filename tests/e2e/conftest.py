@@ -15,7 +15,7 @@ into a tarball cached under /var/cache/kata-py/e2e/ and `podman import`ed
 get it (scripts/setup.sh installs it).
 
 After every test: `podman rm -af`, its kata-py logs printed if it failed,
-and no qemu/virtiofsd/vsock backend/shim/conmon of the session may be left,
+and no qemu/virtiofsd/vsock backend/monitor/conmon of the session may be left,
 nor the host cgroup (podman's cgroupfs `libpod_parent/libpod-<id>`) of a
 container the test created.
 
@@ -119,7 +119,7 @@ class Podman:
     def __call__(self, *args: str, stdin: bytes | None = None,
                  timeout: float = PODMAN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         """Run podman; output through files, not pipes: a detached container's
-        conmon and shim must not hold our pipe open."""
+        conmon and monitor must not hold our pipe open."""
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.run(["podman", *args], input=stdin,
                                   stdin=None if stdin is not None else subprocess.DEVNULL,
@@ -273,7 +273,7 @@ def debian_image(podman_session: Podman) -> str:
 
 
 def _print_logs(kata_root: Path) -> None:
-    logs = [*kata_root.glob("containers/*/shim.log"), *kata_root.glob("vm/*/console.log")]
+    logs = [*kata_root.glob("containers/*/monitor.log"), *kata_root.glob("vm/*/console.log")]
     # a template build that failed within the last 10 minutes (kata_py/factory.py)
     failed = Path(load_config(None).factory.template_dir) / FAILED_BUILD
     logs += [p for p in failed.glob("*.log") if time.time() - p.stat().st_mtime < 600]

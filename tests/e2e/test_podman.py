@@ -176,8 +176,8 @@ def test_rm_force_kills_a_running_container_and_its_vm(podman: Podman) -> None:
 
 def test_run_it_gives_the_container_a_terminal_of_the_callers_size(podman: Podman) -> None:
     # podman 4.3 sets no process.consoleSize: the size comes from its resize,
-    # which it sends to conmon concurrently with `start`. The shim passes a
-    # size that is there before the start (Shim._start); one that lands just
+    # which it sends to conmon concurrently with `start`. The monitor passes a
+    # size that is there before the start (Monitor._start); one that lands just
     # after reaches the guest ~20-40 ms later, so the shell is given a moment.
     status, out = _on_terminal(podman, ["run", "--rm", "-it", *NONE, IMAGE, "sh"],
                                b"sleep 1; tty; stty size; exit 4\r")
@@ -275,7 +275,7 @@ def test_two_containers_at_once_top_stats_and_sigkill(podman: Podman) -> None:
         assert re.search(rf"^ +1 root +{command}$", top, re.M), top
         assert other not in top, top
 
-    # `podman stats` reads the host cgroup of State.Pid (kata-py's shim), where
+    # `podman stats` reads the host cgroup of State.Pid (kata-py's monitor), where
     # kata-py shows the guest cgroup's figures (kata_py/statsview.py), not the
     # VM's host processes: a sleep is 1 pid and a few MB in the guest, where
     # QEMU alone is > 100 MB and the sandbox dozens of host threads.
@@ -312,14 +312,14 @@ def test_two_containers_at_once_top_stats_and_sigkill(podman: Podman) -> None:
     podman.ok("rm", *sleeps)
     assert podman.ok("ps", "--all", "--quiet") == ""
     assert podman.leftovers() == []
-    # the views are gone (two's shim was killed: delete detached its views)
+    # the views are gone (two's monitor was killed: delete detached its views)
     assert " fuse.kata-py-stats " not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_cp_and_top_see_the_container_not_the_host(podman: Podman, tmp_path: Path) -> None:
     """podman cp and top join the mount namespace of State.Pid; kata-py's
     holder makes that the container's rootfs and volumes, and its /proc the
-    guest's processes. (When the shim was State.Pid, cp wrote the host's /.)"""
+    guest's processes. (When the monitor was State.Pid, cp wrote the host's /.)"""
     volume = tmp_path / "vol"
     volume.mkdir()
     podman.ok("run", "-d", "--name", "cp", *NONE, "-v", f"{volume}:/data", IMAGE,

@@ -46,7 +46,7 @@ def cli_argv(root: Path, *args: str) -> list[str]:
 
 def kp(root: Path, *args: str, stdin: bytes = b"", timeout: float = CLI_TIMEOUT_S
        ) -> subprocess.CompletedProcess[bytes]:
-    """Run the CLI. Output goes to files, not pipes: after `create` the shim
+    """Run the CLI. Output goes to files, not pipes: after `create` the monitor
     keeps the caller's stdio (as a runc container would), so a pipe would
     not see EOF until the container exits."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -120,7 +120,7 @@ def root(request: pytest.FixtureRequest) -> Iterator[Path]:
     yield path
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        for log_path in [*path.glob("containers/*/shim.log"), *path.glob("vm/*/*.log")]:
+        for log_path in [*path.glob("containers/*/monitor.log"), *path.glob("vm/*/*.log")]:
             print(f"----- {log_path} (last 40 lines) -----")
             print("\n".join(log_path.read_text(errors="replace").splitlines()[-40:]))
     containers = path / "containers"

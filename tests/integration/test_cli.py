@@ -1,5 +1,5 @@
 """The runc-compatible CLI against real micro-VMs: busybox bundles built by
-the tests, every verb through the shim and the agent, and nothing left
+the tests, every verb through the monitor and the agent, and nothing left
 behind afterwards — no process, mount, sandbox or state directory."""
 
 from __future__ import annotations
@@ -78,12 +78,12 @@ def test_lifecycle_by_hand(root: Path, bundle: Callable[..., Path], tmp_path: Pa
     pid_file = tmp_path / "pid"
     r = kp(root, "create", "-b", str(b), "--pid-file", str(pid_file), "lc")
     assert r.returncode == 0, r.stderr
-    shim_pid = int(pid_file.read_text())
+    monitor_pid = int(pid_file.read_text())
     state = json.loads(kp(root, "state", "lc").stdout)
-    assert (state["status"], state["pid"], state["bundle"]) == ("created", shim_pid, str(b))
+    assert (state["status"], state["pid"], state["bundle"]) == ("created", monitor_pid, str(b))
     assert kp(root, "list", "-q").stdout.split() == [b"lc"]
     start_socket = root / "containers" / "lc" / "start.sock"
-    assert start_socket.is_socket()              # the shim starts it (startsock.py)
+    assert start_socket.is_socket()              # the monitor starts it (startsock.py)
     assert kp(root, "start", "lc").returncode == 0
     assert json.loads(kp(root, "state", "lc").stdout)["status"] == "running"
     assert not start_socket.exists()
@@ -103,9 +103,9 @@ def test_lifecycle_by_hand(root: Path, bundle: Callable[..., Path], tmp_path: Pa
                           b"`kata-py list`\n"
 
 
-def test_start_without_the_shims_socket_asks_the_agent(
+def test_start_without_the_monitors_socket_asks_the_agent(
         root: Path, bundle: Callable[..., Path]) -> None:
-    """The fallback of `start` when no shim listens (say, a root too deep for a
+    """The fallback of `start` when no monitor listens (say, a root too deep for a
     unix socket path): it dials the agent itself."""
     assert kp(root, "create", "-b", str(bundle("sleep", "600")), "ns").returncode == 0
     (root / "containers" / "ns" / "start.sock").unlink()
@@ -120,7 +120,7 @@ def test_delete_force_removes_a_running_container(root: Path, bundle: Callable[.
                                                   tmp_path: Path) -> None:
     """Twice at once, as podman's `run --rm` and conmon's cleanup do: both
     succeed, one after the other, and nothing is left (the root fixture).
-    The container's stderr (the shim's) gets no word of a VM that died: its
+    The container's stderr (the monitor's) gets no word of a VM that died: its
     end was asked for."""
     b = bundle("sleep", "600")
     with open(tmp_path / "stdio", "wb") as stdio:
@@ -308,7 +308,7 @@ def _wait_running(root: Path, cid: str) -> None:
 def test_a_vm_that_cannot_boot_fails_create_and_its_logs_reach_the_log_file(
         root: Path, bundle: Callable[..., Path], tmp_path: Path, template: str) -> None:
     """No init in the guest: the kernel panics and the VM ends (the VM template's
-    boot, by default). stderr gets one line; a text --log file gets the shim's
+    boot, by default). stderr gets one line; a text --log file gets the monitor's
     log with the VM's log tails, which the teardown removed from the state dir;
     no half-built template is left."""
     config = tmp_path / "kata-py.toml"
@@ -319,10 +319,10 @@ def test_a_vm_that_cannot_boot_fails_create_and_its_logs_reach_the_log_file(
            str(bundle("true")), "noboot")
     _one_line_error(r, b"VM stopped before the agent answered")
     logged = log_file.read_text()
-    assert "shim of noboot: " in logged and "console.log ends with:" in logged, logged
+    assert "monitor of noboot: " in logged and "console.log ends with:" in logged, logged
     assert "Kernel panic" in logged or "No working init" in logged, logged
     # The last line is still create's own error.
-    last_error = [ln for ln in logged.splitlines() if "kata-py: shim of" not in ln][-1]
+    last_error = [ln for ln in logged.splitlines() if "kata-py: monitor of" not in ln][-1]
     assert "VM stopped before the agent answered" in last_error, logged
     assert not (root / "containers" / "noboot").exists()
     assert not (root / "vm" / "noboot").exists()
@@ -420,7 +420,7 @@ def test_terminal_through_the_console_socket(root: Path, bundle: Callable[..., P
     r = kp(root, "create", "--console-socket", str(sock_path), "-b", str(b), "tty1")
     assert r.returncode == 0, r.stderr
     master = console.master()
-    set_winsize(master, 40, 100)                # the shim forwards it to the guest pty
+    set_winsize(master, 40, 100)                # the monitor forwards it to the guest pty
     assert kp(root, "start", "tty1").returncode == 0
     time.sleep(1)
 
@@ -546,7 +546,7 @@ def test_sandbox_host_processes_live_in_the_specs_cgroups_path(
     (b / "config.json").write_text(json.dumps(config))
     r = kp(root, "run", "-d", "-b", str(b), "cg")
     assert r.returncode == 0, r.stderr
-    shim = json.loads(kp(root, "state", "cg").stdout)["pid"]
+    monitor = json.loads(kp(root, "state", "cg").stdout)["pid"]
     # The kernel's word (the directories show the guest-stats view,
     # kata_py/statsview.py): every host process of the sandbox is in the
     # path in every hierarchy.
@@ -559,9 +559,9 @@ def test_sandbox_host_processes_live_in_the_specs_cgroups_path(
                 members[int(proc.name)] = (proc / "comm").read_text().strip()
         except OSError:
             continue
-    assert shim in members, members
+    assert monitor in members, members
     assert any(n.startswith("qemu-system") for n in members.values()), members
-    assert len(members) >= 4, members          # shim, qemu, virtiofsd, vsock backend
+    assert len(members) >= 4, members          # monitor, qemu, virtiofsd, vsock backend
     viewed = {directory for directory, _ in statsview.targets(path)}
     assert viewed
     for mount in hierarchies():
@@ -569,7 +569,7 @@ def test_sandbox_host_processes_live_in_the_specs_cgroups_path(
         if directory in viewed:
             assert (directory / "kata-py.txt").exists(), directory
         else:
-            assert str(shim) in (directory / "cgroup.procs").read_text().split(), directory
+            assert str(monitor) in (directory / "cgroup.procs").read_text().split(), directory
     assert kp(root, "delete", "--force", "cg").returncode == 0
     assert path not in Path("/proc/self/mountinfo").read_text()
     for mount in hierarchies():

@@ -73,14 +73,14 @@ def _running(root: Path, b: Path, cid: str) -> None:
     assert _status(root, cid) == "running"
 
 
-@pytest.mark.parametrize("victim", ["qemu", "virtiofsd", "vsock-backend", "shim", "holder"])
+@pytest.mark.parametrize("victim", ["qemu", "virtiofsd", "vsock-backend", "monitor", "holder"])
 def test_a_killed_host_process_stops_the_container_and_a_plain_delete_cleans_up(
         root: Path, bundle: Callable[..., Path], victim: str) -> None:
     b = bundle("sleep", "600")
     _running(root, b, "k")
     sandbox = _sandbox(root, "k")
-    if victim == "shim":
-        target = ProcessRef.from_json(json.loads((root / "containers" / "k" / "shim.json")
+    if victim == "monitor":
+        target = ProcessRef.from_json(json.loads((root / "containers" / "k" / "monitor.json")
                                                  .read_text()))
     elif victim == "holder":
         target = ProcessRef.of(json.loads(kp(root, "state", "k").stdout)["pid"])
@@ -100,12 +100,12 @@ def test_a_killed_host_process_stops_the_container_and_a_plain_delete_cleans_up(
 
 def test_exec_into_a_sandbox_whose_daemon_died_fails_at_once_naming_it(
         root: Path, bundle: Callable[..., Path]) -> None:
-    """Before its shim has stopped it: exec looks at the sandbox's processes
+    """Before its monitor has stopped it: exec looks at the sandbox's processes
     before it dials the agent, and names the one that died."""
     b = bundle("sleep", "600")
     _running(root, b, "x")
     sandbox = _sandbox(root, "x")
-    os.kill(sandbox["virtiofsd"].pid, signal.SIGSTOP)   # keeps the shim from seeing it yet…
+    os.kill(sandbox["virtiofsd"].pid, signal.SIGSTOP)   # keeps the monitor from seeing it yet…
     try:
         (root / "vm" / "x" / "sandbox.json").write_text(json.dumps({
             **json.loads((root / "vm" / "x" / "sandbox.json").read_text()),
@@ -149,7 +149,7 @@ def test_a_create_killed_half_way_is_aborted_and_leaves_nothing(
     finally:
         create.kill()
         create.wait()
-    # the shim aborts the create it was doing for a caller that is gone
+    # the monitor aborts the create it was doing for a caller that is gone
     _wait_for("aborted", lambda: _status(root, "c") in (None, "stopped"))
     _wait_for("cleaned up", lambda: not (root / "vm" / "c").exists())
     if _status(root, "c") is not None:
@@ -160,7 +160,7 @@ def test_a_create_killed_half_way_is_aborted_and_leaves_nothing(
 def test_a_start_whose_caller_died_after_asking_still_reads_running(
         root: Path, bundle: Callable[..., Path]) -> None:
     """The caller of `start` gone after the request (as a SIGKILLed start is):
-    the shim has recorded the start, a retry is refused as runc's is, and
+    the monitor has recorded the start, a retry is refused as runc's is, and
     exec works."""
     b = bundle("sleep", "600")
     assert kp(root, "create", "-b", str(b), "s").returncode == 0

@@ -67,7 +67,7 @@ def test_state_share_and_sockets_are_roots_alone_under_umask_000(root: Path,
     (bundle / "config.json").write_text(json.dumps(spec))
     bundle.chmod(0o700)
     out, err = tmp_path / "out", tmp_path / "err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:   # files: the shim keeps them
+    with out.open("wb") as stdout, err.open("wb") as stderr:   # files: the monitor keeps them
         created = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh",
                                   *cli_argv(root, "create", "-b", str(bundle), "sec")],
                                  stdout=stdout, stderr=stderr, timeout=CLI_TIMEOUT_S,

@@ -60,7 +60,7 @@ def test_a_container_that_keeps_its_stdout_keeps_the_callers_pipe_open(
     try:
         assert run.stdout.readline() == b"one\n"
         assert run.wait(120) == 0                    # run -d has returned …
-        run.stdin.write(b"go\n")                     # … the shim relays stdin on
+        run.stdin.write(b"go\n")                     # … the monitor relays stdin on
         run.stdin.close()
         assert run.stdout.read() == b"two\n"         # EOF once the process exits
     finally:

@@ -196,7 +196,7 @@ def test_a_long_poll_returns_what_came_and_ends_at_its_deadline() -> None:
 def test_the_container_inits_exit_is_reported_after_a_sync_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """WaitProcess syncs before it reports the init's exit (its pid namespace,
-    and so every writer of the container, is gone): the shim then ends the VM
+    and so every writer of the container, is gone): the monitor then ends the VM
     without DestroySandbox. Exec'd processes and a still-running init do not sync."""
     from kata_py.agent.containers import Container, ContainerManager, process_key
     from kata_py.agent.reaper import Exit, Reaper

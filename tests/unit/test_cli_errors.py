@@ -75,7 +75,7 @@ def test_a_usage_error_is_logged_too(tmp_path: Path) -> None:
 def test_create_with_a_bad_runtime_config_fails_before_it_writes_any_state(
         tmp_path: Path) -> None:
     """The config is read before the container's state exists; it used to fail in
-    the shim and again in create's clean-up, which then left the state behind."""
+    the monitor and again in create's clean-up, which then left the state behind."""
     bundle = tmp_path / "bundle"
     (bundle / "rootfs").mkdir(parents=True)
     (bundle / "config.json").write_text(json.dumps({

@@ -37,7 +37,7 @@ def test_master_sent_over_the_console_socket_drives_the_slave(tmp_path: Path) ->
     os.close(pty.master)
     os.write(master, b"hello\n")
     assert os.read(pty.slave, 100) == b"hello\n"
-    # And the size the receiver sets is what the shim sees on its side.
+    # And the size the receiver sets is what the monitor sees on its side.
     set_winsize(master, 33, 101)
     assert get_winsize(pty.slave) == (33, 101)
     os.close(master)

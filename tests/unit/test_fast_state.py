@@ -192,8 +192,8 @@ def _listen(store: StateStore, reply_error: str = "") -> tuple[StartListener, li
     return listener, calls
 
 
-def test_fast_start_asks_the_shim_and_leaves_the_state_to_it(tmp_path: Path) -> None:
-    """The shim records "running" itself (shim.Shim._start), so a start killed
+def test_fast_start_asks_the_monitor_and_leaves_the_state_to_it(tmp_path: Path) -> None:
+    """The monitor records "running" itself (monitor.Monitor._start), so a start killed
     after asking cannot leave a started container "created"."""
     store = _created(tmp_path)
     listener, calls = _listen(store)
@@ -206,15 +206,15 @@ def test_fast_start_asks_the_shim_and_leaves_the_state_to_it(tmp_path: Path) -> 
     assert (store.root / "c1" / "state.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("case", ["no shim", "poststart hooks", "running", "shim error",
+@pytest.mark.parametrize("case", ["no monitor", "poststart hooks", "running", "monitor error",
                                   "debug", "unknown flag"])
 def test_fast_start_leaves_the_rest_to_the_full_cli(tmp_path: Path, case: str) -> None:
     store = _created(tmp_path, hooks={"poststart": [{"path": "/bin/true"}]}
                      if case == "poststart hooks" else None)
     if case == "running":
         store.save(dataclasses.replace(store.load("c1"), status="running"))
-    listener, calls = (None, []) if case == "no shim" else _listen(
-        store, "the agent said no" if case == "shim error" else "")
+    listener, calls = (None, []) if case == "no monitor" else _listen(
+        store, "the agent said no" if case == "monitor error" else "")
     argv = ["--debug"] if case == "debug" else []
     tail = ["--bogus", "c1"] if case == "unknown flag" else ["c1"]    # never read as the id
     try:
@@ -222,5 +222,5 @@ def test_fast_start_leaves_the_rest_to_the_full_cli(tmp_path: Path, case: str) -
     finally:
         if listener is not None:
             listener.close()
-    assert calls == (["start"] if case == "shim error" else [])
+    assert calls == (["start"] if case == "monitor error" else [])
     assert store.load("c1").status == ("running" if case == "running" else "created")

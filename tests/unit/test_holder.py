@@ -1,5 +1,5 @@
 """The holder (kata_py/holder.py), for real and without a VM: a process
-becomes the holder, its child plays the shim and has it enter a rootfs
+becomes the holder, its child plays the monitor and has it enter a rootfs
 made here; the test then looks into the holder's mount namespace through
 /proc/HOLDER/root, as podman's cp and top do with setns."""
 
@@ -23,10 +23,10 @@ from kata_py import holder
 from kata_py.errors import ResourceError
 
 REPO = Path(__file__).resolve().parents[2]
-Running = tuple["subprocess.Popen[str]", dict[str, Any], Path]   # holder, what the shim said, tmp
+Running = tuple["subprocess.Popen[str]", dict[str, Any], Path]  # holder, what the monitor said, tmp
 
 # The process the test starts: it becomes the holder; its child is the
-# "shim", which has it enter ROOTFS, says so on stdout, serves a /proc view
+# "monitor", which has it enter ROOTFS, says so on stdout, serves a /proc view
 # with one process in it, and then does what stdin tells it.
 SCRIPT = r"""
 import json, os, signal, sys, time
@@ -35,7 +35,7 @@ from kata_py import fuse, holder, procview
 
 args = json.loads(sys.argv[1])
 notify_r, notify_w = os.pipe()
-link = holder.split(notify_w)            # only the shim comes back
+link = holder.split(notify_w)            # only the monitor comes back
 holder_link = holder.HolderLink(link)
 binds = [holder.Bind(*b) for b in args["binds"]]
 fd = fuse.open_device()
@@ -49,7 +49,7 @@ signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 view.serve(fd)
 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 signal.signal(signal.SIGTERM, lambda s, f: print("got", s, flush=True))
-print(json.dumps({"shim": os.getpid(), "holder": holder_link.pid, "why": why}), flush=True)
+print(json.dumps({"monitor": os.getpid(), "holder": holder_link.pid, "why": why}), flush=True)
 for line in sys.stdin:
     if line.startswith("exit"):
         os._exit(int(line.split()[1]))
@@ -87,7 +87,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
-        _gone(int(info["shim"]))
+        _gone(int(info["monitor"]))
 
 
 def _gone(pid: int) -> bool:
@@ -132,7 +132,7 @@ def test_the_holder_s_root_is_the_container_s(running: Running) -> None:
     assert os.listdir(tmp_path / "rootfs" / "dev") == []
 
 
-def test_the_holder_forwards_signals_and_exits_as_the_shim(running: Running) -> None:
+def test_the_holder_forwards_signals_and_exits_as_the_monitor(running: Running) -> None:
     proc, _, _ = running
     assert proc.stdin is not None and proc.stdout is not None
     os.kill(proc.pid, signal.SIGTERM)
@@ -142,16 +142,16 @@ def test_the_holder_forwards_signals_and_exits_as_the_shim(running: Running) -> 
     assert proc.wait(10) == 7
 
 
-def test_the_shim_dies_with_its_holder(running: Running) -> None:
+def test_the_monitor_dies_with_its_holder(running: Running) -> None:
     proc, info, _ = running
     proc.kill()
     proc.wait(10)
-    assert _gone(int(info["shim"]))
+    assert _gone(int(info["monitor"]))
 
 
-def test_a_shim_killed_kills_its_holder_with_the_same_signal(running: Running) -> None:
+def test_a_monitor_killed_kills_its_holder_with_the_same_signal(running: Running) -> None:
     proc, info, _ = running
-    os.kill(int(info["shim"]), signal.SIGKILL)
+    os.kill(int(info["monitor"]), signal.SIGKILL)
     assert proc.wait(10) == -signal.SIGKILL
 
 

@@ -47,7 +47,7 @@ def test_state_round_trips_through_json() -> None:
 
 
 def test_a_daemon_dies_with_the_process_that_started_it_even_by_sigkill(tmp_path: Path) -> None:
-    """A VM must never outlive the shim that `state` and `delete` know it by."""
+    """A VM must never outlive the monitor that `state` and `delete` know it by."""
     owner = subprocess.Popen(
         [sys.executable, "-c", "import os, sys, time\n"
          "from pathlib import Path\n"

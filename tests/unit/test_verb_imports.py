@@ -50,13 +50,13 @@ def test_the_deferred_modules_still_work_when_used() -> None:
     assert _run_probe(probe).split() == ["42", "QMPClient", "insecure_channel"]
 
 
-def test_start_asks_the_shim_without_importing_grpc() -> None:
-    """`start` goes through the shim's start socket (kata_py/startsock.py); gRPC
-    is imported only when no shim listens."""
+def test_start_asks_the_monitor_without_importing_grpc() -> None:
+    """`start` goes through the monitor's start socket (kata_py/startsock.py); gRPC
+    is imported only when no monitor listens."""
     probe = (
         "import json, sys\n"
         "from kata_py import cli, runtime, startsock\n"
-        "print(json.dumps([m for m in ('grpc', 'kata_py.sandbox', 'kata_py.shim')"
+        "print(json.dumps([m for m in ('grpc', 'kata_py.sandbox', 'kata_py.monitor')"
         " if m in sys.modules]))\n"
     )
     assert json.loads(_run_probe(probe)) == []

@@ -1,8 +1,8 @@
-"""The shim: the host side of one container, child of its holder (the
+"""The monitor: the host side of one container, child of its holder (the
 pid-file process conmon waits on, holder.py).
 
 `kata-py create` starts it with create's own stdio and waits for one line
-on the notify fd. The shim owns the sandbox: it boots the VM, shares the
+on the notify fd. The monitor owns the sandbox: it boots the VM, shares the
 rootfs and bind-mount sources, has the agent build the container, has the
 holder enter the container's stand-in mount namespace (serving its /proc,
 procview.py), runs the createRuntime/prestart hooks, says `ok`, and then:
@@ -14,7 +14,7 @@ procview.py), runs the createRuntime/prestart hooks, says `ok`, and then:
   which its holder passes on.
 
 On any failure before `ok` it tears everything down, writes `error <line>`
-and exits 1. It logs to <root>/containers/<id>/shim.log, never to stdio
+and exits 1. It logs to <root>/containers/<id>/monitor.log, never to stdio
 (stdio belongs to the container).
 """
 
@@ -46,7 +46,7 @@ from kata_py.hooks import run_hooks
 from kata_py.hypervisor.process import ProcessRef, log_tail
 from kata_py.private import restrict_umask
 from kata_py.procview import ProcView
-from kata_py.records import CONTAINERS_DIR, SHIM_FILE, START_SOCKET
+from kata_py.records import CONTAINERS_DIR, MONITOR_FILE, START_SOCKET
 from kata_py.sandbox import Sandbox
 from kata_py.spec import Spec, load_spec
 from kata_py.startsock import StartListener
@@ -58,12 +58,12 @@ if TYPE_CHECKING:
     from kata_py.agent_client import AgentClient
     from kata_py.statsview import StatsView
 
-log = logging.getLogger("kata_py.shim")
+log = logging.getLogger("kata_py.monitor")
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
 ABORTING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-FAILED_LOG_LINES = 80       # of shim.log (with the sandbox's log tails) after a failed create
+FAILED_LOG_LINES = 80       # of monitor.log (with the sandbox's log tails) after a failed create
 
 
 def _notify(fd: int, line: str, details: str = "") -> None:
@@ -149,7 +149,7 @@ def open_terminal(console_socket: Path, size: tuple[int, int] | None = None) -> 
     return pty.slave
 
 
-class Shim:
+class Monitor:
     def __init__(self, root: Path, cid: str, config_path: str | None,
                  console_socket: Path | None = None, no_pivot: bool = False,
                  holder: HolderLink | None = None) -> None:
@@ -170,11 +170,11 @@ class Shim:
 
     def setup(self) -> ContainerState:
         state = self.store.load(self.cid)
-        me = ProcessRef.of(os.getpid(), "vm shim")
+        me = ProcessRef.of(os.getpid(), "vm monitor")
         if self.holder is not None:     # delete finds us here; the pid file has the holder
-            records.write(self.store.root / self.cid / SHIM_FILE, me.to_json())
+            records.write(self.store.root / self.cid / MONITOR_FILE, me.to_json())
             # From now on the holder is the container's process for `state`
-            # and `delete` (it was create's own pid): this shim, and with it
+            # and `delete` (it was create's own pid): this monitor, and with it
             # the VM, dies with the holder.
             holder = ProcessRef.of(self.holder.pid, "holder")
             state = dataclasses.replace(state, pid=holder.pid, pid_start_time=holder.start_time)
@@ -301,7 +301,7 @@ class Shim:
             state = self.store.load(self.cid)
             self.store.save(dataclasses.replace(state, status="stopped", exit_code=code))
         # A stopped container holds nothing (runc: its namespaces and cgroup
-        # are gone), so neither does its VM: stopped here, over this shim's
+        # are gone), so neither does its VM: stopped here, over this monitor's
         # agent connection, `delete` (or run's) only removes the state, and
         # imports no gRPC (≈ 0.2 → 0.07 s). The exit status waits for it.
         started = time.monotonic()
@@ -316,7 +316,7 @@ class Shim:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kata-py shim")
+    parser = argparse.ArgumentParser(prog="kata-py monitor")
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--id", required=True)
     parser.add_argument("--notify-fd", required=True, type=int)
@@ -331,18 +331,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="a pidfd of `kata-py create`: abort if it dies first")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    restrict_umask()    # also when started as python -m kata_py.shim
-    log_path = args.root / CONTAINERS_DIR / args.id / "shim.log"
+    restrict_umask()    # also when started as python -m kata_py.monitor
+    log_path = args.root / CONTAINERS_DIR / args.id / "monitor.log"
     logging.basicConfig(filename=log_path, level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     if args.exec_id:
         return _serve_exec(args.root, args.id, args.exec_id, args.config, args.notify_fd,
                            args.console_socket)
     # With --debug, create's stderr also gets the setup's log (a failed start
-    # removes shim.log and the sandbox's logs with it), until the container exists.
+    # removes monitor.log and the sandbox's logs with it), until the container exists.
     echo = logging.StreamHandler(sys.stderr) if args.debug else None
     if echo is not None:
-        echo.setFormatter(logging.Formatter("kata-py shim: %(levelname)s %(name)s: %(message)s"))
+        echo.setFormatter(logging.Formatter("kata-py monitor: %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(echo)
     created = threading.Event()
     _abort_on_signals()
@@ -350,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         _watch_creator(args.creator_fd, created)
     try:
         link = HolderLink(args.holder_fd) if args.holder_fd is not None else None
-        shim = Shim(args.root, args.id, args.config, args.console_socket, args.no_pivot, link)
-        shim.setup()
+        monitor = Monitor(args.root, args.id, args.config, args.console_socket, args.no_pivot, link)
+        monitor.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)
         return _fail_create(args, log_path, str(exc))
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in ABORTING_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)        # serve() forwards them to the container
     _notify(args.notify_fd, f"ok {os.getppid() if link is not None else os.getpid()}")
-    return shim.serve()
+    return monitor.serve()
 
 
 class CreateAborted(KataError):
@@ -387,7 +387,7 @@ def _abort_on_signals() -> None:
 
 def _watch_creator(pidfd: int, created: threading.Event) -> None:
     """runc's create dies with its caller; ours has handed the work to this
-    shim, so abort it ourselves if `kata-py create` dies before we answer."""
+    monitor, so abort it ourselves if `kata-py create` dies before we answer."""
     def watch() -> None:
         select.select([pidfd], [], [])
         os.close(pidfd)

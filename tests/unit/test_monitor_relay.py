@@ -1,4 +1,4 @@
-"""The shim's relay with a fake agent: the guest pty follows the host
+"""The monitor's relay with a fake agent: the guest pty follows the host
 terminal's size, in order, and a host terminal not sized yet never shrinks
 the guest pty to 0x0."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kata_py import shim
+from kata_py import monitor
 from kata_py.console import open_pty, set_winsize
 from kata_py.hypervisor.process import ProcessRef
 from kata_py.state import ContainerState, StateStore, now_rfc3339
@@ -62,7 +62,7 @@ class FakeAgent:
 @pytest.fixture
 def handlers() -> Iterator[None]:
     """relay() installs signal handlers in this (main) thread: put them back."""
-    saved = {sig: signal.getsignal(sig) for sig in (*shim.FORWARDED_SIGNALS, signal.SIGWINCH)}
+    saved = {sig: signal.getsignal(sig) for sig in (*monitor.FORWARDED_SIGNALS, signal.SIGWINCH)}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
@@ -74,7 +74,7 @@ def _relay_until(agent: FakeAgent, tty: int, settled: float) -> int:
         agent.done.set()
 
     threading.Thread(target=finish, daemon=True).start()
-    return shim.relay(agent, "c1", tty=tty)  # type: ignore[arg-type]
+    return monitor.relay(agent, "c1", tty=tty)  # type: ignore[arg-type]
 
 
 def test_the_guest_ends_at_the_latest_size_when_resizes_race(handlers: None) -> None:
@@ -85,7 +85,7 @@ def test_the_guest_ends_at_the_latest_size_when_resizes_race(handlers: None) -> 
 
         def user_resizes() -> None:
             set_winsize(pty.master, 40, 100)
-            os.kill(os.getpid(), signal.SIGWINCH)   # what the kernel sends the shim
+            os.kill(os.getpid(), signal.SIGWINCH)   # what the kernel sends the monitor
 
         agent.during_first_resize.append(user_resizes)
         assert _relay_until(agent, pty.slave, settled=2.0) == 0
@@ -121,13 +121,13 @@ def test_start_gives_the_guest_pty_a_size_the_engine_set_before(
         size: tuple[int, int], tmp_path: Path) -> None:
     """podman resizes conmon's end before or just after it starts; a size that
     is there goes to the guest before the process runs (as with runc's pty);
-    and the shim records the start itself."""
+    and the monitor records the start itself."""
     pty = open_pty()
     try:
         if size != (0, 0):
             set_winsize(pty.master, *size)
         agent = StartAgent()
-        s = shim.Shim.__new__(shim.Shim)
+        s = monitor.Monitor.__new__(monitor.Monitor)
         s.cid, s.tty = "c1", pty.slave
         s.sandbox = type("FakeSandbox", (), {"agent": agent})()  # type: ignore[assignment]
         s.store = StateStore(tmp_path)
@@ -169,7 +169,7 @@ def test_a_terminal_relay_can_write_its_output_to_stdout_as_exec_t_does(
     try:
         os.write(pty.master, b"typed\n")
         agent = TypingAgent()
-        code = shim.relay(agent, "c1", "e1", tty=pty.slave,  # type: ignore[arg-type]
+        code = monitor.relay(agent, "c1", "e1", tty=pty.slave,  # type: ignore[arg-type]
                           tty_output=write_end)
         assert code == 0
         assert os.read(read_end, 100) == b"from the guest\r\n"
