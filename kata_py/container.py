@@ -16,9 +16,10 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kata_py.errors import KataError, StateError
 from kata_py.network import netns_path
@@ -28,13 +29,39 @@ from kata_py.spec import Process, Spec, load_spec
 from kata_py.translate import check_size, launch_process, to_launch_config
 
 if TYPE_CHECKING:
-    from kata_py.agent_client import AgentClient
     from kata_py.config import RuntimeConfig
     from kata_py.guest_cgroup import GuestCgroup
 
 log = logging.getLogger(__name__)
 
 STATS_TIMEOUT_S = 5.0       # a reader of the guest's figures waits at most this
+
+
+class GuestAgent(Protocol):
+    """What the core asks of a sandbox's agent (kata_py/agent_client.py's
+    AgentClient over vsock; tests/unit/fakes.py's FakeAgent)."""
+
+    def create_container(self, container_id: str, launch_config_json: bytes) -> int: ...
+    def exec_process(self, container_id: str, exec_id: str,
+                     launch_config_json: bytes) -> int: ...
+    def start_container(self, container_id: str) -> None: ...
+    def wait_process(self, container_id: str, timeout_s: float,
+                     exec_id: str = "") -> int | None: ...
+    def write_stdin(self, container_id: str, data: bytes, exec_id: str = "") -> int: ...
+    def read_output(self, container_id: str, stream: str, timeout_s: float,
+                    max_bytes: int = 0, exec_id: str = "") -> bytes | None: ...
+    def remove_container(self, container_id: str, exec_id: str = "") -> None: ...
+    def signal_process(self, container_id: str, signum: int, all_processes: bool = False,
+                       exec_id: str = "") -> None: ...
+    def resize_tty(self, container_id: str, rows: int, cols: int,
+                   exec_id: str = "") -> None: ...
+    def close_stdin(self, container_id: str, exec_id: str = "") -> None: ...
+    def pause_container(self, container_id: str) -> None: ...
+    def resume_container(self, container_id: str) -> None: ...
+    def update_container(self, container_id: str, resources_json: bytes) -> None: ...
+    def stats(self, container_id: str, timeout_s: float = ...) -> GuestCgroup: ...
+    def read_processes(self, container_id: str, timeout_s: float = ...
+                       ) -> tuple[list[tuple[int, bytes, bytes, bytes, str]], int]: ...
 
 
 @dataclass(frozen=True)
@@ -65,8 +92,8 @@ class KillRequest:
 
 
 class Container:
-    """A container created in its own, booted sandbox. Build it with
-    `create`; `stop` ends the sandbox."""
+    """A container created in a booted sandbox, one of its members. Build it
+    with `create`; `stop` leaves the sandbox."""
 
     def __init__(self, request: CreateRequest, spec: Spec, sandbox: Sandbox) -> None:
         self.id = request.id
@@ -77,24 +104,35 @@ class Container:
             ns.type == "pid" and not ns.path for ns in spec.linux.namespaces)
 
     @classmethod
-    def create(cls, cfg: RuntimeConfig, request: CreateRequest,
-               spec: Spec | None = None) -> Container:
-        """Boot a sandbox sized for the spec and create the container in it,
-        waiting for start. On failure the sandbox is stopped again and the
-        error raised: nothing of it is left."""
+    def create(cls, cfg: RuntimeConfig, request: CreateRequest, spec: Spec | None = None,
+               sandbox: Sandbox | None = None,
+               new_sandbox: Callable[..., Sandbox] = Sandbox) -> Container:
+        """Create the container, waiting for start, in `sandbox` (started, a
+        pod's) or else in a new sandbox sized for the spec (`new_sandbox`
+        builds it: tests pass a fake). It joins the sandbox; on failure it
+        leaves again — a new sandbox is stopped — and the error is raised:
+        nothing of it is left."""
         spec = spec if spec is not None else load_spec(request.bundle)
         if request.rootfs is not None:
             spec = dataclasses.replace(spec, root=dataclasses.replace(
                 spec.root, path=request.rootfs))
         launch, shares = to_launch_config(spec, request.id, str(request.bundle))
         launch = dataclasses.replace(launch, no_pivot=request.no_pivot)
-        size = vm_size(spec, cfg.hypervisor)
-        cfg = dataclasses.replace(cfg, hypervisor=dataclasses.replace(
-            cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
-        sandbox = Sandbox(request.id, cfg, netns=netns_path(spec))
-        boot = sandbox.start()
+        boot_s = 0.0
+        if sandbox is None:
+            size = vm_size(spec, cfg.hypervisor)
+            cfg = dataclasses.replace(cfg, hypervisor=dataclasses.replace(
+                cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
+            sandbox = new_sandbox(request.id, cfg, netns=netns_path(spec))
+            boot_s = sandbox.start().total_s
+            sandbox.watch()     # a dead QEMU or daemon ends its containers (and the VM)
         try:
-            sandbox.watch()     # a dead QEMU or daemon ends the container (and its VM)
+            sandbox.join(request.id)
+        except BaseException:
+            if boot_s:
+                sandbox.stop()
+            raise
+        try:
             t_shares = time.monotonic()
             for item in shares:
                 sandbox.share(item, searchable=bool(launch.uid_mappings))
@@ -104,20 +142,20 @@ class Container:
             cls._agent_of(sandbox).create_container(
                 request.id, launch_config.to_json(launch).encode())
         except BaseException:
-            sandbox.stop()
+            sandbox.leave(request.id)
             raise
         log.info("container %s created: sandbox %.2fs, shares %.3fs, CreateContainer %.2fs",
-                 request.id, boot.total_s, t_create - t_shares, time.monotonic() - t_create)
+                 request.id, boot_s, t_create - t_shares, time.monotonic() - t_create)
         return cls(request, spec, sandbox)
 
     @staticmethod
-    def _agent_of(sandbox: Sandbox) -> AgentClient:
+    def _agent_of(sandbox: Sandbox) -> GuestAgent:
         if sandbox.agent is None:
             raise StateError(f"sandbox {sandbox.id} has no agent", "it is stopped")
         return sandbox.agent
 
     @property
-    def agent(self) -> AgentClient:
+    def agent(self) -> GuestAgent:
         return self._agent_of(self.sandbox)
 
     # -- verbs -------------------------------------------------------------------
@@ -163,8 +201,8 @@ class Container:
         return self.agent.read_processes(self.id, STATS_TIMEOUT_S)
 
     def stop(self, guest_flushed: bool = False) -> None:
-        """End the sandbox (the container with it); never raises."""
+        """Leave the sandbox, which stops if its policy says so; never raises."""
         try:
-            self.sandbox.stop(guest_flushed=guest_flushed)
+            self.sandbox.leave(self.id, guest_flushed=guest_flushed)
         except Exception:  # noqa: BLE001 - the sandbox's own cleanup logged it
             log.exception("stopping the sandbox of %s", self.id)

@@ -305,12 +305,10 @@ class Monitor:
         # agent connection, `delete` (or run's) only removes the state, and
         # imports no gRPC (≈ 0.2 → 0.07 s). The exit status waits for it.
         started = time.monotonic()
-        try:
-            # The agent synced before it reported the exit; with its own pid
-            # namespace, nothing of the container is left to write.
-            self.sandbox.stop(guest_flushed=self.own_pid_ns and code != AGENT_GONE_EXIT)
-        except Exception:  # noqa: BLE001 - delete tries again
-            log.exception("stopping the sandbox of %s", self.cid)
+        # The agent synced before it reported the exit; with its own pid
+        # namespace, nothing of the container is left to write.
+        assert self.container is not None
+        self.container.stop(guest_flushed=self.own_pid_ns and code != AGENT_GONE_EXIT)
         log.info("sandbox %s stopped in %.3fs", self.cid, time.monotonic() - started)
         return code
 

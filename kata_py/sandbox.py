@@ -14,6 +14,11 @@ Any failure during start runs the same stop, so a failed start leaves no
 process, socket or directory behind; the error keeps the last console lines
 because the logs go with the state directory.
 
+Members: the containers created in it join it and leave it when they
+stop; its stop policy says which departure stops it — the last member's
+(one VM per container: the runc front end, containerd's plain tasks) or
+the sandbox container's (a pod's, whose exit ends the pod, as with Kata).
+
 On disk: <state_dir>/vm/<id>/ holds sandbox.json (pids with start times,
 the network namespace and its taps; written atomically), the sockets, the
 logs and shared/ (the virtio-fs share).
@@ -32,12 +37,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kata_py import host_mounts, network, records
 from kata_py.agent.shared import READY_LINE, SHARED_DIR
 from kata_py.config import RuntimeConfig
-from kata_py.errors import ConfigError, ExistsError, HypervisorError, KataError, NotFoundError
+from kata_py.errors import (
+    ConfigError,
+    ExistsError,
+    HypervisorError,
+    KataError,
+    NotFoundError,
+    StateError,
+)
 from kata_py.hypervisor import accel, qemu, virtiofsd
 from kata_py.hypervisor.process import ProcessRef, log_tail
 from kata_py.hypervisor.vsock.transport import (
@@ -142,10 +154,16 @@ class BootTimes:
     template: str = ""      # the VM template it was restored from (factory.py), if any
 
 
+StopPolicy = Literal["last-member", "sandbox-container"]
+
+
 class Sandbox:
     def __init__(self, sandbox_id: str, cfg: RuntimeConfig,
-                 image: GuestImage | None = None, netns: Path | None = None) -> None:
-        """netns: the host network namespace the VM's NICs mirror (None: no NIC)."""
+                 image: GuestImage | None = None, netns: Path | None = None,
+                 stop_policy: StopPolicy = "last-member") -> None:
+        """netns: the host network namespace the VM's NICs mirror (None: no NIC).
+        stop_policy "sandbox-container": the member whose id is the sandbox's
+        ends it (a pod's pause container); "last-member": the last one does."""
         validate_id(sandbox_id)
         self.id = sandbox_id
         self.cfg = cfg
@@ -163,7 +181,34 @@ class Sandbox:
         self.network: network.SandboxNetwork | None = None
         self.template: Template | None = None   # the VM template it was restored from
         self.lost: ProcessRef | None = None     # the process whose death ended it (watch())
+        self.stop_policy: StopPolicy = stop_policy
+        self.members: set[str] = set()
+        self._members_lock = threading.Lock()
         self._stopping = threading.Event()
+
+    # -- members -------------------------------------------------------------
+
+    def join(self, container_id: str) -> None:
+        """Count a container created in this sandbox as a member."""
+        with self._members_lock:
+            if self._stopping.is_set():
+                raise StateError(f"sandbox {self.id} is stopping",
+                                 f"create container {container_id} in a new sandbox")
+            if container_id in self.members:
+                raise ExistsError(f"container {container_id} is already in sandbox {self.id}",
+                                  "pick another container id")
+            self.members.add(container_id)
+
+    def leave(self, container_id: str, guest_flushed: bool = False) -> bool:
+        """A member stopped; stop the sandbox if the policy says this ends it.
+        Returns whether it did. `guest_flushed` as for stop()."""
+        with self._members_lock:
+            self.members.discard(container_id)
+            ends = (not self.members if self.stop_policy == "last-member"
+                    else container_id == self.id or not self.members)
+        if ends:
+            self.stop(guest_flushed=guest_flushed)
+        return ends
 
     # -- start ---------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from kata_py.errors import KataError
 
 if TYPE_CHECKING:
-    from kata_py.agent_client import AgentClient
+    from kata_py.container import GuestAgent
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ AGENT_GONE_EXIT = 255      # the exit status when the agent (the VM) went away f
 Opener = Callable[[], int]   # returns an fd; may block (a FIFO waits for its other end)
 
 
-def copy_out(agent: AgentClient, cid: str, exec_id: str, stream: str, fd: int | Opener,
+def copy_out(agent: GuestAgent, cid: str, exec_id: str, stream: str, fd: int | Opener,
              release: bool = False) -> None:
     """Copy the process's `stream` ("stdout"/"stderr") to fd until EOF. An
     opener is called here, on this thread, and its fd closed at the end. At
@@ -76,7 +76,7 @@ def copy_out(agent: AgentClient, cid: str, exec_id: str, stream: str, fd: int | 
             os.close(target)
 
 
-def copy_in(agent: AgentClient, cid: str, exec_id: str, fd: int | Opener) -> None:
+def copy_in(agent: GuestAgent, cid: str, exec_id: str, fd: int | Opener) -> None:
     """Copy fd to the process's stdin until EOF, then close it in the guest."""
     name = exec_id or cid
     owned = callable(fd)
@@ -103,7 +103,7 @@ class Relay:
     """One process's stdio and exit. Any of the fds may be None (not
     relayed); an `Opener` is opened on the pump's own thread."""
 
-    def __init__(self, agent: AgentClient, cid: str, exec_id: str = "",
+    def __init__(self, agent: GuestAgent, cid: str, exec_id: str = "",
                  stdin: int | Opener | None = None, stdout: int | Opener | None = None,
                  stderr: int | Opener | None = None, release: bool = False) -> None:
         self.agent, self.cid, self.exec_id = agent, cid, exec_id
