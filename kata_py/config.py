@@ -125,7 +125,8 @@ def load_config(path: str | None = None) -> RuntimeConfig:
             return parse_config(Path(chosen).read_text(), chosen)
         except FileNotFoundError as exc:
             raise ConfigError(f"runtime config {chosen} does not exist",
-                              f"create it or unset {ENV_CONFIG}") from exc
+                              f"create it, or name another ({ENV_CONFIG}, --config, "
+                              "containerd's ConfigPath)") from exc
     if SYSTEM_CONFIG.exists():
         return parse_config(SYSTEM_CONFIG.read_text(), str(SYSTEM_CONFIG))
     return RuntimeConfig()

@@ -37,7 +37,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from kata_py import fuse, host_cgroup, records
-from kata_py.config import load_config
+from kata_py.config import RuntimeConfig, load_config
 from kata_py.console import get_winsize, open_pty, send_console, set_winsize
 from kata_py.container import Container, CreateRequest
 from kata_py.errors import KataError
@@ -152,13 +152,15 @@ def open_terminal(console_socket: Path, size: tuple[int, int] | None = None) -> 
 class Monitor:
     def __init__(self, root: Path, cid: str, config_path: str | None,
                  console_socket: Path | None = None, no_pivot: bool = False,
-                 holder: HolderLink | None = None) -> None:
+                 holder: HolderLink | None = None,
+                 parsed: tuple[RuntimeConfig, Spec] | None = None) -> None:
         self.cid = cid
         self.console_socket = console_socket
         self.no_pivot = no_pivot
         self.tty: int | None = None
-        self.cfg = load_config(config_path)
-        self.cfg = dataclasses.replace(self.cfg, state_dir=str(root))
+        self.spec: Spec | None = parsed[1] if parsed is not None else None
+        cfg = parsed[0] if parsed is not None else load_config(config_path)
+        self.cfg = dataclasses.replace(cfg, state_dir=str(root))
         self.store = StateStore(root / CONTAINERS_DIR)
         self.sandbox: Sandbox | None = None     # sized from the spec in setup()
         self.container: Container | None = None
@@ -180,7 +182,7 @@ class Monitor:
             state = dataclasses.replace(state, pid=holder.pid, pid_start_time=holder.start_time)
             self.store.save(state)
         host_cgroup.join(state.host_cgroup)   # QEMU and the daemons inherit it
-        spec = load_spec(Path(state.bundle))
+        spec = self.spec if self.spec is not None else load_spec(Path(state.bundle))
         container = Container.create(self.cfg, CreateRequest(
             self.cid, Path(state.bundle), no_pivot=self.no_pivot), spec)
         self.container = container
@@ -313,7 +315,10 @@ class Monitor:
         return code
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None,
+         parsed: tuple[RuntimeConfig, Spec] | None = None) -> int:
+    """parsed: the runtime config and spec create loaded (runtime._spawn_monitor
+    forks); without them (python -m kata_py.monitor) both are loaded here."""
     parser = argparse.ArgumentParser(prog="kata-py monitor")
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--id", required=True)
@@ -348,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         _watch_creator(args.creator_fd, created)
     try:
         link = HolderLink(args.holder_fd) if args.holder_fd is not None else None
-        monitor = Monitor(args.root, args.id, args.config, args.console_socket, args.no_pivot, link)
+        monitor = Monitor(args.root, args.id, args.config, args.console_socket, args.no_pivot, link,
+                          parsed)
         monitor.setup()
     except KataError as exc:
         log.error("create failed: %s", exc)

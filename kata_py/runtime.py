@@ -77,7 +77,8 @@ def create(root: Path, cid: str, bundle: Path, pid_file: Path | None,
         extra.append("--no-pivot")  # the launcher moves the root instead of pivot_root
     if console_socket is not None:
         extra += ["--console-socket", str(console_socket.resolve())]
-    monitor, line, details = _spawn_monitor(root, cid, config_path, *extra, fork=True)
+    monitor, line, details = _spawn_monitor(root, cid, config_path, *extra,
+                                            parsed=(cfg, spec))
     if not line.startswith("ok"):
         if monitor.poll() is None:
             monitor.kill()
@@ -330,28 +331,30 @@ class ForkedMonitor:
 
 
 def _spawn_monitor(root: Path, cid: str, config_path: str | None, *extra: str,
-                fork: bool = False) -> tuple[ForkedMonitor | subprocess.Popen[bytes], str, str]:
+                   parsed: tuple[Any, Any] | None = None
+                   ) -> tuple[ForkedMonitor | subprocess.Popen[bytes], str, str]:
     """Start a monitor with our stdio; (it, its status line, the log lines after an error).
 
-    fork: the monitor is this process, forked: a fresh `python -m kata_py.monitor`
-    spent ≈ 60 ms of every create starting the interpreter and importing what
-    create has imported already. Only where no thread has started (create:
-    gRPC's threads would not survive a fork); the child keeps only stdio and
-    the notify pipe."""
+    parsed: (runtime config, spec) as create loaded them: the monitor is then
+    this process, forked, and uses them as they are (one parse, one truth).
+    A fresh `python -m kata_py.monitor` spent ≈ 60 ms of every create
+    starting the interpreter and importing what create has imported already.
+    Only where no thread has started (create: gRPC's threads would not
+    survive a fork); the child keeps only stdio and the notify pipe."""
     read_fd, write_fd = os.pipe()
     argv = ["--root", str(root), "--id", cid, "--notify-fd", str(write_fd), *extra]
     if config_path:
         argv += ["--config", config_path]
     monitor: ForkedMonitor | subprocess.Popen[bytes]
     try:
-        if fork:
+        if parsed is not None:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             creator = os.getpid()
             pid = os.fork()
             if pid == 0:
                 os.close(read_fd)
-                _become_monitor(argv, write_fd, creator)
+                _become_monitor(argv, write_fd, creator, parsed)
             monitor = ForkedMonitor(pid)
         else:
             # -P: never the current directory first on sys.path (a checkout's
@@ -363,7 +366,8 @@ def _spawn_monitor(root: Path, cid: str, config_path: str | None, *extra: str,
     return (monitor, *_read_notify(read_fd, CREATE_TIMEOUT_S))
 
 
-def _become_monitor(argv: list[str], notify_fd: int, creator: int) -> None:
+def _become_monitor(argv: list[str], notify_fd: int, creator: int,
+                    parsed: tuple[Any, Any]) -> None:
     """In the forked child: drop what the CLI had open, become the
     container's holder (holder.py: the pid in the pid file) and run the
     monitor in the holder's child, which aborts the create should `creator`
@@ -388,7 +392,8 @@ def _become_monitor(argv: list[str], notify_fd: int, creator: int) -> None:
             return
         from kata_py import holder, monitor
         link = holder.split(notify_fd)     # this process becomes the holder; its child goes on
-        code = monitor.main([*argv, "--holder-fd", str(link), "--creator-fd", str(creator_fd)])
+        code = monitor.main([*argv, "--holder-fd", str(link), "--creator-fd", str(creator_fd)],
+                            parsed)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - a child must never return into the CLI

@@ -65,6 +65,20 @@ def run(ctrd: Containerd, *args: str, input: bytes | None = None
     return ctrd.ctr("run", "--rm", "--runtime", RUNTIME, *args, input=input)
 
 
+def test_the_runtime_config_path_is_honoured(ctrd: Containerd, tmp_path: Path) -> None:
+    """ctr's --runtime-config-path is containerd's ConfigPath option."""
+    config = tmp_path / "one-vcpu.toml"
+    config.write_text("[hypervisor]\nvcpus = 1\n")
+    res = run(ctrd, "--runtime-config-path", str(config), IMAGE, "cfg", "sh", "-c",
+              "grep -c ^processor /proc/cpuinfo")
+    assert (res.returncode, res.stdout) == (0, "1\n"), res.stderr     # the default is 2
+    res = run(ctrd, "--runtime-config-path", str(tmp_path / "missing.toml"), IMAGE, "cfg2",
+              "true")
+    assert res.returncode != 0
+    assert f"runtime config {tmp_path}/missing.toml does not exist" in res.stderr, res.stderr
+    ctrd.ctr("containers", "delete", "cfg2")
+
+
 @pytest.mark.parametrize("code", [0, 3])
 def test_ctr_run_prints_the_guests_output_and_exits_with_the_containers_code(
         ctrd: Containerd, code: int) -> None:
