@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kata_py.errors import KataError, StateError
 from kata_py.network import netns_path
 from kata_py.sandbox import Sandbox
-from kata_py.sizing import vm_size
-from kata_py.spec import Process, Spec, load_spec
-from kata_py.translate import check_size, launch_process, to_launch_config
 
+# The OCI spec and the launch description are imported where used: the
+# runc front end's one-shot verbs (kill, pause, …) attach without them
+# (tests/unit/test_verb_imports.py).
 if TYPE_CHECKING:
     from kata_py.config import RuntimeConfig
     from kata_py.guest_cgroup import GuestCgroup
+    from kata_py.spec import Process, Spec
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,32 @@ class Container:
     """A container created in a booted sandbox, one of its members. Build it
     with `create`; `stop` leaves the sandbox."""
 
-    def __init__(self, request: CreateRequest, spec: Spec, sandbox: Sandbox) -> None:
+    def __init__(self, request: CreateRequest, sandbox: Sandbox, spec: Spec | None = None) -> None:
         self.id = request.id
         self.request = request
-        self.spec = spec
         self.sandbox = sandbox
-        self.own_pid_ns = spec.linux is not None and any(
-            ns.type == "pid" and not ns.path for ns in spec.linux.namespaces)
+        self._spec = spec
+
+    @classmethod
+    def attach(cls, container_id: str, bundle: Path, sandbox: Sandbox) -> Container:
+        """A handle on a container created earlier, by another process, in
+        `sandbox` (Sandbox.load): the runc front end's one-shot verbs."""
+        return cls(CreateRequest(container_id, bundle), sandbox)
+
+    @property
+    def spec(self) -> Spec:
+        """The bundle's spec, read on first use for an attached container."""
+        if self._spec is None:
+            from kata_py.spec import load_spec
+
+            self._spec = load_spec(self.request.bundle)
+        return self._spec
+
+    @property
+    def own_pid_ns(self) -> bool:
+        linux = self.spec.linux
+        return linux is not None and any(ns.type == "pid" and not ns.path
+                                         for ns in linux.namespaces)
 
     @classmethod
     def create(cls, cfg: RuntimeConfig, request: CreateRequest, spec: Spec | None = None,
@@ -112,6 +132,10 @@ class Container:
         builds it: tests pass a fake). It joins the sandbox; on failure it
         leaves again — a new sandbox is stopped — and the error is raised:
         nothing of it is left."""
+        from kata_py.sizing import vm_size
+        from kata_py.spec import load_spec
+        from kata_py.translate import to_launch_config
+
         spec = spec if spec is not None else load_spec(request.bundle)
         if request.rootfs is not None:
             spec = dataclasses.replace(spec, root=dataclasses.replace(
@@ -146,7 +170,7 @@ class Container:
             raise
         log.info("container %s created: sandbox %.2fs, shares %.3fs, CreateContainer %.2fs",
                  request.id, boot_s, t_create - t_shares, time.monotonic() - t_create)
-        return cls(request, spec, sandbox)
+        return cls(request, sandbox, spec)
 
     @staticmethod
     def _agent_of(sandbox: Sandbox) -> GuestAgent:
@@ -169,6 +193,7 @@ class Container:
     def exec(self, request: ExecRequest) -> None:
         """Create and start the process (the agent starts an exec at once)."""
         from kata_py.agent import launch_config as lc
+        from kata_py.translate import check_size, launch_process
 
         config = lc.LaunchConfig(container_id=self.id, rootfs="/",
                                  process=launch_process(request.process),

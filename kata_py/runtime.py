@@ -131,9 +131,13 @@ def _read_notify(fd: int, timeout_s: float) -> tuple[str, str]:
     return line.strip(), details
 
 
-def _agent(root: Path, cid: str, config_path: str | None):  # type: ignore[no-untyped-def]
+def _container(root: Path, state: ContainerState, config_path: str | None):  # type: ignore[no-untyped-def]
+    """The lifecycle core's handle on a created container, over its
+    sandbox's agent; refused at once if the sandbox is gone or dying."""
+    from kata_py.container import Container
     from kata_py.sandbox import Sandbox
 
+    cid = state.id
     sb = Sandbox.load(cid, _config(root, config_path))
     if sb.agent is None:
         raise StateError(f"container {cid} has no running sandbox",
@@ -141,7 +145,7 @@ def _agent(root: Path, cid: str, config_path: str | None):  # type: ignore[no-un
     if sb.dead_process() is not None:     # fail now, not after the agent's dial timeout
         raise StateError(f"container {cid}: {sb.gone_reason()}",
                          f"its monitor is stopping it; then `kata-py delete {cid}`")
-    return sb.agent
+    return Container.attach(cid, Path(state.bundle), sb)
 
 
 def start(root: Path, cid: str, config_path: str | None) -> None:
@@ -156,7 +160,7 @@ def start(root: Path, cid: str, config_path: str | None) -> None:
         # ask the agent here.
         state = dataclasses.replace(state, status="running")
         if not request_start(root / CONTAINERS_DIR / cid / START_SOCKET):
-            _agent(root, cid, config_path).start_container(cid)
+            _container(root, state, config_path).start()
             st.save(state)
     if _has_hooks(Path(state.bundle), "poststart"):
         from kata_py.hooks import run_hooks
@@ -188,7 +192,9 @@ def kill(root: Path, cid: str, signum: int, all_processes: bool,
     if state.status == "creating" and signum == 0:
         return
     check(cid, state.status, "kill")
-    _agent(root, cid, config_path).signal_process(cid, signum, all_processes)
+    from kata_py.container import KillRequest
+
+    _container(root, state, config_path).kill(KillRequest(signum, all=all_processes))
 
 
 def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
@@ -199,9 +205,8 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     its exit status (0 with detach)."""
     import secrets
 
-    from kata_py.agent import launch_config as lc
+    from kata_py.container import ExecRequest
     from kata_py.spec import ID_HINT, ID_MAX, check_execve_space, load_spec, parse_process
-    from kata_py.translate import check_size, launch_process
 
     state = store(root).load(cid)
     check(cid, state.status, "exec")
@@ -233,11 +238,9 @@ def exec_process(root: Path, cid: str, process_json: dict[str, Any] | None,
     if process.terminal:
         process = _exec_terminal(process, detach, console_socket)
     exec_id = secrets.token_hex(6)
-    config = lc.LaunchConfig(container_id=cid, rootfs="/", process=launch_process(process),
-                             fds=lc.Fds(sync=3, start=4))
-    check_size(config, "exec")
-    agent = _agent(root, cid, config_path)
-    agent.exec_process(cid, exec_id, lc.to_json(config).encode())
+    container = _container(root, state, config_path)
+    container.exec(ExecRequest(exec_id, process))
+    agent = container.agent
     if detach:
         monitor_pid = _spawn_exec_monitor(root, cid, exec_id, config_path, console_socket)
         # destroy() ends it with the container (see there)
@@ -444,8 +447,6 @@ def resources_update(oci: dict[str, Any]) -> dict[str, Any]:
 
 def update(root: Path, cid: str, changes: dict[str, Any], config_path: str | None) -> None:
     """Change the container's cgroup limits in the guest (the VM keeps its size)."""
-    import json
-
     from kata_py.spec_linux import MEMORY_LIMIT_HINT, memory_limit_problem
 
     limit = changes.get("memory_limit")
@@ -453,18 +454,20 @@ def update(root: Path, cid: str, changes: dict[str, Any], config_path: str | Non
         changes = {k: v for k, v in changes.items() if k != "memory_limit"}
     elif isinstance(limit, int) and memory_limit_problem(limit):
         raise ConfigError(f"memory limit {memory_limit_problem(limit)}", MEMORY_LIMIT_HINT)
-    check(cid, store(root).load(cid).status, "update")
+    state = store(root).load(cid)
+    check(cid, state.status, "update")
     if not changes:
         raise KataError("nothing to update", "give --resources or a resource flag")
-    _agent(root, cid, config_path).update_container(cid, json.dumps(changes).encode())
+    _container(root, state, config_path).update(changes)
 
 
 def stats(root: Path, cid: str, config_path: str | None) -> dict[str, Any]:
     """runc's `events --stats` data (types.Stats), from the guest cgroup."""
     from kata_py.guest_cgroup import runc_stats
 
-    check(cid, store(root).load(cid).status, "stats")
-    return runc_stats(_agent(root, cid, config_path).stats(cid))
+    state = store(root).load(cid)
+    check(cid, state.status, "stats")
+    return runc_stats(_container(root, state, config_path).stats())
 
 
 def pause(root: Path, cid: str, config_path: str | None) -> None:
@@ -481,8 +484,8 @@ def _set_frozen(root: Path, cid: str, config_path: str | None, frozen: bool) -> 
         state = st.load(cid)
         then = check(cid, state.status, "pause" if frozen else "resume")
         assert then is not None
-        agent = _agent(root, cid, config_path)
-        (agent.pause_container if frozen else agent.resume_container)(cid)
+        container = _container(root, state, config_path)
+        (container.pause if frozen else container.resume)()
         st.save(dataclasses.replace(state, status=then))
 
 
@@ -492,9 +495,10 @@ def processes(root: Path, cid: str, config_path: str | None
     guest's CLOCK_BOOTTIME (AgentClient.read_processes; psview.py renders
     them); none for a container that is not live: runc's `ps` of a stopped
     container prints the header alone."""
-    if store(root).load(cid).status not in LIVE:
+    state = store(root).load(cid)
+    if state.status not in LIVE:
         return [], 0
-    return _agent(root, cid, config_path).read_processes(cid)  # type: ignore[no-any-return]
+    return _container(root, state, config_path).processes()  # type: ignore[no-any-return]
 
 
 def delete(root: Path, cid: str, force: bool, config_path: str | None) -> None:

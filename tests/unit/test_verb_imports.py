@@ -26,7 +26,7 @@ def _run_probe(probe: str) -> str:
 def test_a_verb_on_a_running_sandbox_imports_none_of_the_heavy_modules() -> None:
     probe = (
         "import json, sys\n"
-        "from kata_py import cli, runtime, sandbox, agent_client\n"
+        "from kata_py import cli, runtime, sandbox, agent_client, container\n"
         "from kata_py.agent import deferred\n"
         f"heavy = {HEAVY!r}\n"
         "print(json.dumps([m for m in heavy if m in sys.modules"
