@@ -73,7 +73,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UNIX_PATH_MAX = 107
 DAEMON_EXIT_WAIT_S = 1.0
 WATCH_SLICE_S = 1.0        # watch(): a pid reused before its pidfd was opened is seen by then
-BLAME_WAIT_S = 2.0         # _lose(): QEMU exiting anyway, after a daemon it dropped
+BLAME_WAIT_S = 2.0         # _lose(): QEMU exiting anyway, after a daemon it dropped; gone_reason()
 
 
 def validate_id(sandbox_id: str) -> None:
@@ -453,6 +453,8 @@ class Sandbox:
         """Why the agent stopped answering a running sandbox: its VM or one of
         its daemons ended (with the guest's panic line, if it panicked), or not."""
         ref = self.lost or self.dead_process()
+        if ref is None and self.vm is not None and self.vm.wait(BLAME_WAIT_S):
+            ref = self.vm   # killed, and still exiting when its vsock connections broke
         if ref is not None and ref is not self.vm:
             return f"its {ref.name} (pid {ref.pid}) exited unexpectedly"
         if self.vm is not None and not self.vm.alive():
