@@ -142,18 +142,19 @@ class Container:
                 spec.root, path=request.rootfs))
         launch, shares = to_launch_config(spec, request.id, str(request.bundle))
         launch = dataclasses.replace(launch, no_pivot=request.no_pivot)
-        boot_s = 0.0
+        booted_here, boot_s = sandbox is None, 0.0
         if sandbox is None:
             size = vm_size(spec, cfg.hypervisor)
             cfg = dataclasses.replace(cfg, hypervisor=dataclasses.replace(
                 cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
             sandbox = new_sandbox(request.id, cfg, netns=netns_path(spec))
             boot_s = sandbox.start().total_s
-            sandbox.watch()     # a dead QEMU or daemon ends its containers (and the VM)
         try:
+            if booted_here:
+                sandbox.watch()     # a dead QEMU or daemon ends its containers (and the VM)
             sandbox.join(request.id)
         except BaseException:
-            if boot_s:
+            if booted_here:
                 sandbox.stop()
             raise
         try:
