@@ -52,10 +52,10 @@ class StartListener:
         return True
 
     def _serve(self) -> None:
-        assert self.sock is not None
-        while True:
+        sock = self.sock        # close() may clear the attribute at any time
+        while sock is not None:
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 return
             with conn:
