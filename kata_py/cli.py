@@ -527,12 +527,13 @@ def update(obj: Context, resources: str | None, memory: str | None,
     import json
 
     from kata_py import runtime
+    from kata_py.container import resources_update
 
     changes: dict[str, object] = {}
     if resources:
         try:
             text = sys.stdin.read() if resources == "-" else Path(resources).read_text()
-            changes.update(runtime.resources_update(json.loads(text)))
+            changes.update(resources_update(json.loads(text)))
         except (OSError, ValueError) as exc:
             raise KataError(f"cannot read --resources {resources}: {exc}",
                             "give OCI linux.resources JSON") from exc

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kata_py.errors import KataError, StateError
+from kata_py.errors import ConfigError, KataError, StateError
 from kata_py.network import netns_path
 from kata_py.sandbox import Sandbox
 
@@ -90,6 +90,38 @@ class KillRequest:
     signal: int
     all: bool = False           # every process of the container (runc kill --all)
     exec_id: str = ""
+
+
+RESOURCE_FIELDS = {   # OCI linux.resources path -> launch_config.Resources field
+    ("memory", "limit"): "memory_limit", ("memory", "reservation"): "memory_reservation",
+    ("memory", "swap"): "memory_swap", ("cpu", "shares"): "cpu_shares",
+    ("cpu", "quota"): "cpu_quota", ("cpu", "period"): "cpu_period",
+    ("cpu", "cpus"): "cpuset_cpus", ("cpu", "mems"): "cpuset_mems",
+    ("pids", "limit"): "pids_limit",
+}
+
+
+def resources_update(oci: dict[str, Any]) -> dict[str, Any]:
+    """OCI linux.resources JSON (runc update --resources, containerd's
+    Update) → the guest's fields, what Container.update takes."""
+    from kata_py.spec_linux import MEMORY_LIMIT_HINT, memory_limit_problem
+
+    out: dict[str, Any] = {}
+    for (group, key), field_name in RESOURCE_FIELDS.items():
+        section = oci.get(group) or {}
+        if not isinstance(section, dict):
+            raise KataError(f"resources.{group} must be an object", "fix the resources JSON")
+        if key in section and section[key] is not None:
+            value = section[key]
+            want = str if field_name.startswith("cpuset") else int
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise KataError(f"resources.{group}.{key} must be a {want.__name__}",
+                                "fix the resources JSON")
+            problem = memory_limit_problem(value) if isinstance(value, int) else ""
+            if field_name == "memory_limit" and problem:
+                raise ConfigError(f"resources.memory.limit {problem}", MEMORY_LIMIT_HINT)
+            out[field_name] = value
+    return out
 
 
 class Container:

@@ -414,37 +414,6 @@ def _write_pid_file(pid_file: Path, pid: int) -> None:
     records.write_bytes(pid_file, str(pid).encode())
 
 
-RESOURCE_FIELDS = {   # OCI linux.resources path -> launch_config.Resources field
-    ("memory", "limit"): "memory_limit", ("memory", "reservation"): "memory_reservation",
-    ("memory", "swap"): "memory_swap", ("cpu", "shares"): "cpu_shares",
-    ("cpu", "quota"): "cpu_quota", ("cpu", "period"): "cpu_period",
-    ("cpu", "cpus"): "cpuset_cpus", ("cpu", "mems"): "cpuset_mems",
-    ("pids", "limit"): "pids_limit",
-}
-
-
-def resources_update(oci: dict[str, Any]) -> dict[str, Any]:
-    """OCI linux.resources JSON (runc update --resources) → the guest's fields."""
-    from kata_py.spec_linux import MEMORY_LIMIT_HINT, memory_limit_problem
-
-    out: dict[str, Any] = {}
-    for (group, key), field_name in RESOURCE_FIELDS.items():
-        section = oci.get(group) or {}
-        if not isinstance(section, dict):
-            raise KataError(f"resources.{group} must be an object", "fix the resources JSON")
-        if key in section and section[key] is not None:
-            value = section[key]
-            want = str if field_name.startswith("cpuset") else int
-            if not isinstance(value, want) or isinstance(value, bool):
-                raise KataError(f"resources.{group}.{key} must be a {want.__name__}",
-                                "fix the resources JSON")
-            problem = memory_limit_problem(value) if isinstance(value, int) else ""
-            if field_name == "memory_limit" and problem:
-                raise ConfigError(f"resources.memory.limit {problem}", MEMORY_LIMIT_HINT)
-            out[field_name] = value
-    return out
-
-
 def update(root: Path, cid: str, changes: dict[str, Any], config_path: str | None) -> None:
     """Change the container's cgroup limits in the guest (the VM keeps its size)."""
     from kata_py.spec_linux import MEMORY_LIMIT_HINT, memory_limit_problem

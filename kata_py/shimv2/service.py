@@ -33,7 +33,13 @@ from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kata_py import lifecycle
-from kata_py.container import Container, CreateRequest, ExecRequest, KillRequest
+from kata_py.container import (
+    Container,
+    CreateRequest,
+    ExecRequest,
+    KillRequest,
+    resources_update,
+)
 from kata_py.errors import ConfigError, ExistsError, KataError, NotFoundError, StateError
 from kata_py.protocols import containerd_events_pb2 as events_pb
 from kata_py.protocols import containerd_metrics_v2_pb2 as metrics_pb
@@ -328,8 +334,6 @@ class TaskService:
         return Empty()
 
     def Update(self, r: task_pb.UpdateTaskRequest, ctx: ttrpc.CallContext) -> Empty:
-        from kata_py.runtime import resources_update
-
         task = self._task(r.id)
         lifecycle.check(r.id, task.init.status, "update")
         if not r.resources.type_url.startswith(SPEC_TYPE):
