@@ -14,7 +14,10 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +135,45 @@ def _reap(pid: int) -> None:
         pass
 
 
-def spawn_daemon(argv: list[str], log_path: Path, name: str,
-                 pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen[bytes], ProcessRef]:
+# An abort raised by a signal handler (the monitor's, while a create runs) is
+# held while the main thread starts a daemon and hands it to its owner:
+# raised between the fork and that hand-over, it would leave the daemon
+# running where no teardown looks for it.
+_hold_depth = 0
+_held_abort: BaseException | None = None
+
+
+def raise_abort(exc: BaseException) -> None:
+    """For a signal handler: raise exc now, or, while a daemon is being
+    started, as soon as its owner has it."""
+    global _held_abort
+    if _hold_depth:
+        _held_abort = exc
+        return
+    raise exc
+
+
+@contextmanager
+def _aborts_held() -> Iterator[None]:
+    global _hold_depth, _held_abort
+    if threading.current_thread() is not threading.main_thread():
+        yield                 # signal handlers run only in the main thread
+        return
+    held: BaseException | None = None
+    _hold_depth += 1
+    try:
+        yield
+    finally:
+        _hold_depth -= 1
+        if not _hold_depth:
+            held, _held_abort = _held_abort, None
+    if held is not None:
+        raise held
+
+
+def spawn_daemon(argv: list[str], log_path: Path, name: str, pass_fds: tuple[int, ...] = (),
+                 on_start: Callable[[ProcessRef], None] | None = None,
+                 ) -> tuple[subprocess.Popen[bytes], ProcessRef]:
     """Start a helper daemon (QEMU, virtiofsd, the vsock backend) in its own
     session, stdout/stderr to log_path, killed when the calling thread ends.
 
@@ -144,17 +184,24 @@ def spawn_daemon(argv: list[str], log_path: Path, name: str,
     daemons go with it instead of running on unseen by `state` and `delete`.
     The kernel ties it to the *thread* that forks, so a sandbox must be
     started from a thread that outlives it (the monitor's main thread).
+
+    `on_start` receives the process before an abort (raise_abort) can
+    unwind past it: the owner's teardown then finds it.
     """
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen([*DIE_WITH_PARENT, *argv], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=out, start_new_session=True,
-                                pass_fds=pass_fds, close_fds=True)
+    with _aborts_held():
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen([*DIE_WITH_PARENT, *argv], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=out, start_new_session=True,
+                                    pass_fds=pass_fds, close_fds=True)
+        try:
+            ref = ProcessRef.of(proc.pid, name)
+        except ProcessLookupError:
+            proc.wait()
+            ref = ProcessRef(proc.pid, -1, name)
+        if on_start is not None:
+            on_start(ref)
     log.debug("started %s pid %d: %s", name, proc.pid, " ".join(argv))
-    try:
-        return proc, ProcessRef.of(proc.pid, name)
-    except ProcessLookupError:
-        proc.wait()
-        return proc, ProcessRef(proc.pid, -1, name)
+    return proc, ref
 
 
 def log_tail(path: Path, lines: int = 10) -> str:

@@ -215,15 +215,18 @@ def build_argv(cfg: VmConfig) -> list[str]:
     ]
 
 
-def launch(cfg: VmConfig, log_path: Path) -> ProcessRef:
+def launch(cfg: VmConfig, log_path: Path,
+           on_start: Callable[[ProcessRef], None] | None = None) -> ProcessRef:
     """Start QEMU as our child, in a session of its own, dying with the
-    calling thread (process.spawn_daemon); returns once its devices are up
-    (its main loop answers QMP), or raises with the reason from its log."""
+    calling thread (process.spawn_daemon, which hands it to `on_start`);
+    returns once its devices are up (its main loop answers QMP), or stops
+    it and raises, with the reason from its log."""
     argv = build_argv(cfg)
     log.debug("qemu argv: %s", " ".join(argv))
     try:
         # pass_fds: the NICs' tap fds (and a saved state)
-        proc, ref = spawn_daemon(argv, log_path, "qemu", pass_fds=tuple(cfg.pass_fds()))
+        proc, ref = spawn_daemon(argv, log_path, "qemu", pass_fds=tuple(cfg.pass_fds()),
+                                 on_start=on_start)
     except FileNotFoundError as exc:
         raise HypervisorError(f"QEMU binary {cfg.binary!r} not found",
                               "install qemu-system-x86 or set [hypervisor] path",
@@ -241,6 +244,9 @@ def launch(cfg: VmConfig, log_path: Path) -> ProcessRef:
         reason = tail.splitlines()[-1] if tail else f"exit code {rc}"
         raise HypervisorError(f"QEMU for {cfg.name} failed to start: {reason}",
                               LOGS_HINT, argv=argv, log_tail=tail, exit_code=rc) from exc
+    except BaseException:
+        ref.stop()            # an abort: the VM must not outlive the start it was for
+        raise
     return ref
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from kata_py.errors import NotFoundError
@@ -44,8 +45,9 @@ def listen_unix(path: Path) -> socket.socket:
 
 
 def start(binary: str, shared_dir: Path, socket_path: Path, log_path: Path,
-          cache: str = "auto") -> ProcessRef:
-    """Start virtiofsd serving shared_dir on socket_path; returns when QEMU may connect."""
+          on_start: Callable[[ProcessRef], None], cache: str = "auto") -> None:
+    """Start virtiofsd serving shared_dir on socket_path, handing it to
+    `on_start`; returns when QEMU may connect."""
     sock = listen_unix(socket_path)
     try:
         fd = sock.fileno()
@@ -55,7 +57,6 @@ def start(binary: str, shared_dir: Path, socket_path: Path, log_path: Path,
         else:  # the Rust virtiofsd
             argv = [binary, f"--fd={fd}", "--shared-dir", str(shared_dir),
                     f"--cache={cache}", "--sandbox=chroot"]
-        _, ref = spawn_daemon(argv, log_path, "virtiofsd", pass_fds=(fd,))
-        return ref
+        spawn_daemon(argv, log_path, "virtiofsd", pass_fds=(fd,), on_start=on_start)
     finally:
         sock.close()

@@ -43,7 +43,7 @@ from kata_py.container import Container, CreateRequest
 from kata_py.errors import KataError
 from kata_py.holder import Bind, HolderLink
 from kata_py.hooks import run_hooks
-from kata_py.hypervisor.process import ProcessRef, log_tail
+from kata_py.hypervisor.process import ProcessRef, log_tail, raise_abort
 from kata_py.private import restrict_umask
 from kata_py.procview import ProcView
 from kata_py.records import CONTAINERS_DIR, MONITOR_FILE, START_SOCKET
@@ -383,8 +383,9 @@ def _abort_on_signals() -> None:
     def abort(signum: int, frame: FrameType | None) -> None:
         for sig in ABORTING_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        raise CreateAborted(f"create aborted by signal {signal.Signals(signum).name}",
-                            "nothing of the container was kept")
+        raise_abort(CreateAborted(
+            f"create aborted by signal {signal.Signals(signum).name}",
+            "nothing of the container was kept"))
     for sig in ABORTING_SIGNALS:
         signal.signal(sig, abort)
 

@@ -265,11 +265,9 @@ class Sandbox:
         # daemons start: sendfile and QEMU run without the GIL.
         opening = _Opening(self._open_template, vm_cfg) if self._use_template(vm_cfg) else None
         try:
-            self.daemons.append(virtiofsd.start(fsd_binary, self.shared_dir, fs_socket,
-                                                self.dir / "virtiofsd.log",
-                                                self.cfg.virtiofsd.cache))
-            self.transport.start()
-            self.daemons.extend(self.transport.processes())
+            virtiofsd.start(fsd_binary, self.shared_dir, fs_socket, self.dir / "virtiofsd.log",
+                            self.daemons.append, self.cfg.virtiofsd.cache)
+            self.transport.start(self.daemons.append)
             self._save()
         except BaseException:
             if opening is not None:
@@ -327,24 +325,28 @@ class Sandbox:
 
     def _boot(self, vm_cfg: qemu.VmConfig) -> None:
         try:
-            self.vm = qemu.launch(vm_cfg, self.dir / "qemu.log")
+            qemu.launch(vm_cfg, self.dir / "qemu.log", self._vm_started)
         finally:
             if self.network is not None:
                 self.network.close_fds()  # QEMU has its own copies (or failed)
         self._save()
+
+    def _vm_started(self, vm: ProcessRef) -> None:
+        self.vm = vm          # before anything can abort the start: stop() ends it
 
     def _restore(self, vm_cfg: qemu.VmConfig, tpl: Template, state_fd: int,
                  memory_fd: int) -> None:
         """Start the VM from its template: load the state, plug the devices."""
         from kata_py import factory
         try:
-            self.vm = qemu.launch(factory.restore_config(vm_cfg, tpl, memory_fd, state_fd),
-                                  self.dir / "qemu.log")
+            qemu.launch(factory.restore_config(vm_cfg, tpl, memory_fd, state_fd),
+                        self.dir / "qemu.log", self._vm_started)
         finally:
             os.close(memory_fd)
             os.close(state_fd)
         self.template = tpl
         self._save()
+        assert self.vm is not None
         try:
             assert vm_cfg.vsock is not None and vm_cfg.virtiofs_socket is not None
             factory.plug(self.qmp_socket, state_fd, factory.Plug(

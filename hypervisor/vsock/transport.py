@@ -19,6 +19,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -37,10 +38,11 @@ class VsockTransport(Protocol):
     @property
     def kind(self) -> str: ...
 
-    def start(self) -> None: ...
+    def start(self, on_start: Callable[[ProcessRef], None]) -> None:
+        """Start what the transport runs on the host, handing each process to on_start."""
+
     def device(self) -> VsockDevice: ...
     def agent_target(self) -> str: ...
-    def processes(self) -> list[ProcessRef]: ...
 
 
 class KernelVhostTransport:
@@ -52,7 +54,7 @@ class KernelVhostTransport:
         self.guest_cid = guest_cid
         self._relay_name = ""
 
-    def start(self) -> None:
+    def start(self, on_start: Callable[[ProcessRef], None]) -> None:
         pass
 
     def device(self) -> VsockDevice:
@@ -67,9 +69,6 @@ class KernelVhostTransport:
                         relay.dial_vsock(self.guest_cid, AGENT_PORT), name="vsock-dial").start()
         return f"unix-abstract:{self._relay_name}"
 
-    def processes(self) -> list[ProcessRef]:
-        return []
-
 
 class UserBackendTransport:
     """The Python vhost-user vsock backend, one process per sandbox."""
@@ -81,9 +80,8 @@ class UserBackendTransport:
         self.uds = sandbox_dir / "vsock.sock"
         self.agent_socket = sandbox_dir / "agent.sock"
         self.log_path = sandbox_dir / "vsock-backend.log"
-        self.backend: ProcessRef | None = None
 
-    def start(self) -> None:
+    def start(self, on_start: Callable[[ProcessRef], None]) -> None:
         read_fd, write_fd = os.pipe()
         argv = [sys.executable, "-P", "-m", "kata_py.hypervisor.vsock.backend",  # -P: no cwd
                 "--socket", str(self.vhost_socket), "--uds", str(self.uds),
@@ -91,8 +89,8 @@ class UserBackendTransport:
                 "--listen", f"{AGENT_PORT}={self.agent_socket}",
                 "--ready-fd", str(write_fd), "--log", str(self.log_path)]
         try:
-            proc, self.backend = spawn_daemon(argv, self.log_path, "vsock-backend",
-                                              pass_fds=(write_fd,))
+            proc, _ = spawn_daemon(argv, self.log_path, "vsock-backend",
+                                   pass_fds=(write_fd,), on_start=on_start)
             os.close(write_fd)
             write_fd = -1
             if not _read_ready(read_fd, proc, BACKEND_READY_TIMEOUT_S):
@@ -110,9 +108,6 @@ class UserBackendTransport:
 
     def agent_target(self) -> str:
         return f"unix:{self.agent_socket}"
-
-    def processes(self) -> list[ProcessRef]:
-        return [self.backend] if self.backend else []
 
 
 def _read_ready(fd: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:

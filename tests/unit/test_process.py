@@ -1,4 +1,5 @@
-"""Process identity by pid + start time, and the stop ladder."""
+"""Process identity by pid + start time, the stop ladder, and starts that an
+abort (the monitor's signal handler) interrupts."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kata_py.hypervisor.process import ProcessRef, log_tail, spawn_daemon
+from kata_py.hypervisor import qemu
+from kata_py.hypervisor.process import ProcessRef, log_tail, raise_abort, spawn_daemon
 
 
 def test_a_reused_pid_is_not_our_process() -> None:
@@ -62,3 +64,51 @@ def test_a_daemon_dies_with_the_process_that_started_it_even_by_sigkill(tmp_path
     owner.kill()
     owner.wait()
     assert daemon.wait(5.0), "the daemon outlived its owner"
+
+
+class Aborted(Exception):
+    pass
+
+
+def test_an_abort_during_a_spawn_is_raised_once_the_owner_has_the_daemon(
+        tmp_path: Path) -> None:
+    owned: list[ProcessRef] = []
+
+    def on_start(ref: ProcessRef) -> None:
+        raise_abort(Aborted())        # as if the signal came between fork and hand-over
+        owned.append(ref)
+
+    with pytest.raises(Aborted):
+        spawn_daemon(["sleep", "600"], tmp_path / "log", "sleep", on_start=on_start)
+    assert len(owned) == 1 and owned[0].alive()
+    owned[0].stop()
+    with pytest.raises(Aborted):      # outside a spawn: at once
+        raise_abort(Aborted())
+
+
+def test_a_qemu_launch_aborted_before_its_main_loop_stops_qemu(tmp_path: Path) -> None:
+    """The abort of a create that lands while QEMU starts must not leave the
+    VM running in the sandbox's cgroup (seen: a 30 s teardown, busy cgroups)."""
+    fake = tmp_path / "qemu"
+    fake.write_text("#!/bin/sh\nexec sleep 600\n")      # never answers QMP
+    fake.chmod(0o700)
+    cfg = qemu.VmConfig(
+        name="kata-py-t", binary=str(fake), machine="microvm", accelerator="tcg", vcpus=1,
+        memory_mib=64, kernel=Path("/k"), initrd=None, rootfs=None, kernel_params="",
+        console_log=tmp_path / "console.log", qmp_socket=tmp_path / "qmp.sock",
+        pidfile=tmp_path / "qemu.pid", vsock=None)
+    started: list[ProcessRef] = []
+
+    def abort(signum: int, frame: object) -> None:
+        raise_abort(Aborted())
+
+    old = signal.signal(signal.SIGALRM, abort)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(Aborted):
+            qemu.launch(cfg, tmp_path / "qemu.log", started.append)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(started) == 1
+    assert not started[0].alive(), "QEMU outlived its aborted launch"
