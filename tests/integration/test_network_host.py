@@ -145,7 +145,7 @@ def test_sandbox_failing_at_qemu_launch_removes_its_taps(
     the VM, whose QEMU gets the taps; or restoring it, or building its template)."""
     seen: list[qemu.VmConfig] = []
 
-    def launch(cfg: qemu.VmConfig, log_path: Path) -> None:
+    def launch(cfg: qemu.VmConfig, log_path: Path, on_start: object = None) -> None:
         seen.append(cfg)
         raise HypervisorError("injected QEMU failure")
 
