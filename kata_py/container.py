@@ -155,16 +155,35 @@ class Container:
         return linux is not None and any(ns.type == "pid" and not ns.path
                                          for ns in linux.namespaces)
 
+    @staticmethod
+    def boot(cfg: RuntimeConfig, sandbox_id: str, spec: Spec,
+             new_sandbox: Callable[..., Sandbox] = Sandbox) -> Sandbox:
+        """A new sandbox sized for `spec`, started and watched (a dead QEMU
+        or daemon ends its containers and the VM); `new_sandbox` builds it
+        (tests pass a fake). Nothing of it is left when it raises."""
+        from kata_py.sizing import vm_size
+
+        size = vm_size(spec, cfg.hypervisor)
+        cfg = dataclasses.replace(cfg, hypervisor=dataclasses.replace(
+            cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
+        sandbox = new_sandbox(sandbox_id, cfg, netns=netns_path(spec))
+        sandbox.start()
+        try:
+            sandbox.watch()
+        except BaseException:
+            sandbox.stop()
+            raise
+        return sandbox
+
     @classmethod
     def create(cls, cfg: RuntimeConfig, request: CreateRequest, spec: Spec | None = None,
-               sandbox: Sandbox | None = None,
+               sandbox: Sandbox | None = None, owns_sandbox: bool = False,
                new_sandbox: Callable[..., Sandbox] = Sandbox) -> Container:
-        """Create the container, waiting for start, in `sandbox` (started, a
-        pod's) or else in a new sandbox sized for the spec (`new_sandbox`
-        builds it: tests pass a fake). It joins the sandbox; on failure it
-        leaves again — a new sandbox is stopped — and the error is raised:
-        nothing of it is left."""
-        from kata_py.sizing import vm_size
+        """Create the container, waiting for start, in `sandbox` (started:
+        a pod's, or one booted for it, `owns_sandbox`) or else in a new
+        sandbox (`boot`). It joins the sandbox; on failure it leaves again —
+        a sandbox of its own is stopped — and the error is raised: nothing
+        of it is left."""
         from kata_py.spec import load_spec
         from kata_py.translate import to_launch_config
 
@@ -174,19 +193,14 @@ class Container:
                 spec.root, path=request.rootfs))
         launch, shares = to_launch_config(spec, request.id, str(request.bundle))
         launch = dataclasses.replace(launch, no_pivot=request.no_pivot)
-        booted_here, boot_s = sandbox is None, 0.0
+        t_boot = time.monotonic()
         if sandbox is None:
-            size = vm_size(spec, cfg.hypervisor)
-            cfg = dataclasses.replace(cfg, hypervisor=dataclasses.replace(
-                cfg.hypervisor, vcpus=size.vcpus, memory_mib=size.memory_mib))
-            sandbox = new_sandbox(request.id, cfg, netns=netns_path(spec))
-            boot_s = sandbox.start().total_s
+            sandbox, owns_sandbox = cls.boot(cfg, request.id, spec, new_sandbox), True
+        boot_s = time.monotonic() - t_boot
         try:
-            if booted_here:
-                sandbox.watch()     # a dead QEMU or daemon ends its containers (and the VM)
             sandbox.join(request.id)
         except BaseException:
-            if booted_here:
+            if owns_sandbox:
                 sandbox.stop()
             raise
         try:

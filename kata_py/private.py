@@ -18,6 +18,7 @@ pid files named by the caller keep the caller's choice of directory).
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -38,3 +39,20 @@ def private_dir(path: Path) -> Path:
     if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
         path.chmod(PRIVATE_DIR_MODE)
     return path
+
+
+def bind_unix(path: str | os.PathLike[str], backlog: int = 64) -> socket.socket:
+    """A listening unix socket at path, mode 0600 whatever the caller's umask."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        old = os.umask(0o177)    # not wider than 0600 even before the chmod
+        try:
+            sock.bind(os.fspath(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -47,7 +47,7 @@ from kata_py.protocols import containerd_task_pb2 as task_pb
 from kata_py.protocols import containerd_task_types_pb2 as types_pb
 from kata_py.shimv2 import rootfs, ttrpc
 from kata_py.shimv2.events import Publisher, to_any
-from kata_py.stdio import Relay
+from kata_py.stdio import AGENT_GONE_EXIT, Relay
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,12 @@ class TaskService:
     """The tasks of one shim. `create_container` builds the core Container
     from a request and containerd's runtime options (Container.create on a
     thread of its own, main.py; a fake in unit tests); `stop_container`
-    ends it; `on_empty` is called at a Shutdown that finds no task left."""
+    ends it (Container.stop's guest_flushed); `on_empty` is called at a
+    Shutdown that finds no task left."""
 
     def __init__(self, publisher: Publisher, namespace: str,
                  create_container: Callable[[CreateRequest, AnyMessage | None], Container],
-                 stop_container: Callable[[Container], None],
+                 stop_container: Callable[[Container, bool], None],
                  on_empty: Callable[[], None]) -> None:
         self.publisher = publisher
         self.namespace = namespace
@@ -372,7 +373,12 @@ class TaskService:
                 task.execs.pop(r.exec_id, None)
             return task_pb.DeleteResponse(pid=pid, exit_status=proc.exit_status,
                                           exited_at=proc.exited_at)
-        self.stop_container(task.container)
+        # As the monitor does: the agent synced before it reported the exit,
+        # and with its own pid namespace nothing of the container is left to
+        # write, so QEMU is ended without a DestroySandbox round trip.
+        self.stop_container(task.container, proc.exited_at is not None
+                            and proc.exit_status != AGENT_GONE_EXIT
+                            and task.container.own_pid_ns)
         rootfs.unmount(Path(task.bundle) / "rootfs")
         if proc.exited_at is None:          # never started: it ends with its VM
             proc.status = "stopped"

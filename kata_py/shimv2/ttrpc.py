@@ -157,22 +157,6 @@ class _Channel:
             self.sock.close()
 
 
-def bind_unix(path: str | os.PathLike[str], backlog: int = 64) -> socket.socket:
-    """A listening unix socket at path, mode 0600 whatever the caller's umask."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        old = os.umask(0o177)    # not wider than 0600 even before the chmod
-        try:
-            sock.bind(os.fspath(path))
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
 
 class Server:
     """Serves registered services on listening unix sockets until shutdown."""

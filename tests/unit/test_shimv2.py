@@ -4,17 +4,28 @@ a fake core Container (its agent records the calls)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kata_py.config import RuntimeConfig
 from kata_py.guest_cgroup import GuestCgroup
+from kata_py.private import bind_unix
 from kata_py.protocols import containerd_task_pb2 as task_pb
 from kata_py.protocols import containerd_task_types_pb2 as types_pb
-from kata_py.shimv2 import main, ttrpc
+from kata_py.shimv2 import daemon, main, ttrpc
 from kata_py.shimv2.service import SERVICE, TaskService, metrics
+from tests.unit.fakes import BOOT_FAULT, FakeSandbox
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_containerds_argv_is_parsed_as_go_flags() -> None:
@@ -72,6 +83,7 @@ class FakeContainer:
         self.agent = FakeAgent()
         self.sandbox = type("S", (), {"vm": type("V", (), {"pid": 4242})()})()
         self.spec = None
+        self.own_pid_ns = True
         self.oom_kills = 0          # the guest cgroup's memory.events oom_kill
         self.kill_is_oom = False
 
@@ -100,10 +112,10 @@ class Events:
 def test_a_tasks_life_over_ttrpc_in_containerds_order(tmp_path: Path) -> None:
     events, stopped, empty = Events(), [], threading.Event()
     service = TaskService(events, "ns", lambda req, opts: FakeContainer(req.id),  # type: ignore[arg-type,return-value]
-                          stopped.append, empty.set)
+                          lambda c, flushed: stopped.append(flushed), empty.set)
     server = ttrpc.Server()
     service.register(server)
-    server.start(ttrpc.bind_unix(tmp_path / "s.sock"))
+    server.start(bind_unix(tmp_path / "s.sock"))
     try:
         with ttrpc.Client(tmp_path / "s.sock") as c:
             def call(method: str, request: Any, reply: Any) -> Any:
@@ -138,7 +150,8 @@ def test_a_tasks_life_over_ttrpc_in_containerds_order(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert events.topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
-    assert len(stopped) == 1 and empty.is_set()
+    # its init exited in its own pid namespace: QEMU ends without DestroySandbox
+    assert stopped == [True] and empty.is_set()
 
 
 def test_an_oom_kill_in_the_guest_is_published_before_the_exit(tmp_path: Path) -> None:
@@ -146,9 +159,81 @@ def test_an_oom_kill_in_the_guest_is_published_before_the_exit(tmp_path: Path) -
     fake = FakeContainer("o")
     fake.kill_is_oom = True
     service = TaskService(events, "ns", lambda req, opts: fake,  # type: ignore[arg-type,return-value]
-                          lambda c: None, lambda: None)
+                          lambda c, flushed: None, lambda: None)
     service.Create(task_pb.CreateTaskRequest(id="o", bundle=str(tmp_path)), None)  # type: ignore[arg-type]
     service.Start(task_pb.StartRequest(id="o"), None)  # type: ignore[arg-type]
     service.Kill(task_pb.KillRequest(id="o", signal=9), None)  # type: ignore[arg-type]
     service.Wait(task_pb.WaitRequest(id="o"), None)  # type: ignore[arg-type]
     assert events.topics == ["/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit"]
+
+
+def _bundle(tmp_path: Path, args: list[str]) -> Path:
+    (tmp_path / "rootfs").mkdir(exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "ociVersion": "1.2.0", "root": {"path": "rootfs"},
+        "process": {"args": args, "cwd": "/"}}))
+    return tmp_path
+
+
+@pytest.fixture
+def fake_boots() -> Iterator[None]:
+    FakeSandbox.made = []
+    yield
+    FakeSandbox.boot_fault = None
+
+
+def test_the_vm_booted_at_start_is_the_one_create_takes(tmp_path: Path, fake_boots: None) -> None:
+    cfg = dataclasses.replace(RuntimeConfig(), state_dir=str(tmp_path / "state"))
+    ahead = daemon.Prestart(daemon.Owners(), "t", _bundle(tmp_path, ["true"]), cfg, FakeSandbox)
+    assert ahead.take("other", cfg) is None          # another task boots its own
+    sandbox = ahead.take("t", cfg)
+    assert sandbox is FakeSandbox.made[0] and sandbox.events == ["start", "watch"]
+    assert ahead.take("t", cfg) is None              # once
+    ahead.discard()
+    assert sandbox.events == ["start", "watch"]      # taken: Create's to stop
+
+
+def test_a_vm_booted_ahead_that_create_cannot_use_is_stopped(tmp_path: Path,
+                                                             fake_boots: None) -> None:
+    cfg = dataclasses.replace(RuntimeConfig(), state_dir=str(tmp_path / "state"))
+    bundle = _bundle(tmp_path, ["true"])
+    other = dataclasses.replace(cfg, hypervisor=dataclasses.replace(
+        cfg.hypervisor, memory_mib=cfg.hypervisor.memory_mib * 2))
+    assert daemon.Prestart(daemon.Owners(), "t", bundle, cfg, FakeSandbox).take("t", other) is None
+    daemon.Prestart(daemon.Owners(), "u", bundle, cfg, FakeSandbox).discard()   # no Create came
+    assert [s.events for s in FakeSandbox.made] == [["start", "watch", "stop"]] * 2
+
+
+def test_nothing_boots_ahead_for_a_spec_the_host_refuses_or_a_failed_boot(
+        tmp_path: Path, fake_boots: None) -> None:
+    cfg = dataclasses.replace(RuntimeConfig(), state_dir=str(tmp_path / "state"))
+    refused = daemon.Prestart(daemon.Owners(), "t", _bundle(tmp_path, []), cfg, FakeSandbox)
+    assert refused.take("t", cfg) is None and FakeSandbox.made == []   # Create says why
+    FakeSandbox.boot_fault = BOOT_FAULT
+    failed = daemon.Prestart(daemon.Owners(), "t", _bundle(tmp_path, ["true"]), cfg, FakeSandbox)
+    assert failed.take("t", cfg) is None             # Create boots again, and reports
+
+
+def test_delete_answers_with_a_delete_response_protobuf_reads_back() -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    for ns in (1_796_400_000_123_456_789, 1_796_400_000_000_000_000):
+        got = task_pb.DeleteResponse.FromString(main.delete_response(137, ns))
+        want = task_pb.DeleteResponse(exit_status=137, exited_at=Timestamp(
+            seconds=ns // 10**9, nanos=ns % 10**9))
+        assert got == want and main.delete_response(137, ns) == want.SerializeToString()
+
+
+def test_the_shims_start_and_delete_import_no_protobuf_logging_or_daemon(
+        tmp_path: Path) -> None:
+    """containerd waits for both (start: until it forks the daemon, which
+    imports the rest): `ctr run --rm` pays for every import they make."""
+    code = ("import sys, kata_py.shimv2.main as m, kata_py.private\n"
+            f"m.main(['-namespace', 'n', '-id', 'x', '-bundle', {str(tmp_path)!r}, 'delete'])\n"
+            "heavy = [n for n in ('google.protobuf', 'logging', 'dataclasses', "
+            "'kata_py.shimv2.daemon', 'kata_py.sandbox') if n in sys.modules]\n"
+            "sys.stderr.write(repr(heavy))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.stderr == b"[]"
+    assert task_pb.DeleteResponse.FromString(r.stdout).exit_status == 137

@@ -16,6 +16,7 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
+from kata_py.private import bind_unix
 from kata_py.protocols.ttrpc_pb2 import KeyValue, Request, Response, Status
 from kata_py.shimv2 import ttrpc
 
@@ -36,7 +37,7 @@ class Fixture:
             "Fail": (Empty, self.fail),
             "Bug": (Empty, self.bug),
         })
-        self.server.start(ttrpc.bind_unix(path))
+        self.server.start(bind_unix(path))
 
     def ctx(self, req: Empty, ctx: ttrpc.CallContext) -> Empty:
         self.seen.append(ctx)
@@ -115,7 +116,7 @@ def test_header_and_messages_are_byte_exact() -> None:
 
 
 def test_client_frames_are_byte_exact(tmp_path: Path) -> None:
-    listener = ttrpc.bind_unix(tmp_path / "raw")
+    listener = bind_unix(tmp_path / "raw")
     listener.settimeout(5)
     replies = [frame(1, 2, b"\x0a\x00\x12\x04\x0a\x02yo"),
                frame(3, 2, b"\x0a\x07\x08\x05\x12\x03nop")]
@@ -263,7 +264,7 @@ def test_calls_run_concurrently_beside_a_blocked_wait(fx: Fixture) -> None:
 def test_the_bound_socket_is_private_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        sock = ttrpc.bind_unix(tmp_path / "s")
+        sock = bind_unix(tmp_path / "s")
     finally:
         os.umask(old)
     with sock:
