@@ -44,6 +44,14 @@ def _ours() -> list[str]:
             if "kata_py.shimv2" in line or "/kp/vm/" in line]
 
 
+def _what_was_left(ctrd: Containerd) -> str:
+    """For a leftover: the logs of the shims that did not finish, and containerd's tail."""
+    logs = [f"--- {log.name}:\n{log.read_text(errors='replace')[-6000:]}"
+            for log in sorted((STATE / "shims").glob("*.log"))]
+    tail = (ctrd.base / "containerd.log").read_text(errors="replace").splitlines()[-40:]
+    return "\n".join([*logs, "--- containerd.log (tail):", *tail])
+
+
 @pytest.fixture
 def ctrd(ctrd_session: Containerd) -> Iterator[Containerd]:
     yield ctrd_session
@@ -55,7 +63,7 @@ def ctrd(ctrd_session: Containerd) -> Iterator[Containerd]:
     deadline = time.monotonic() + 15
     while _ours() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _ours() == []
+    assert _ours() == [], _what_was_left(ctrd_session)
     assert not list((STATE / "vm").glob("*")) and not list((STATE / "shims").glob("*"))
     assert str(ctrd_session.base) not in Path("/proc/self/mountinfo").read_text()
 
