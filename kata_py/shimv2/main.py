@@ -199,10 +199,9 @@ def delete(args: Args) -> int:
             (root / "shims" / f"{group}.log").unlink(missing_ok=True)
     if (root / records.SANDBOXES_DIR / args.id).exists():
         _stop_sandbox(args.id, root)
-    if os.path.ismount(bundle / "rootfs"):
-        from kata_py.shimv2 import rootfs
+    from kata_py.shimv2 import rootfs
 
-        rootfs.unmount(bundle / "rootfs")
+    rootfs.unmount(bundle / "rootfs")        # any kind of mount: a bind is not ismount()
     sys.stdout.buffer.write(delete_response(128 + 9, time.time_ns()))
     return 0
 

@@ -2,26 +2,25 @@
 snapshotter's, typically one overlay) to mount in order onto
 <bundle>/rootfs, and unmounted again at Delete. containerd sends type,
 source and options; the options are mount(8)'s, parsed by the same code
-that mounts the spec's mounts in the guest."""
+that mounts the spec's mounts in the guest. `unmount` is on the path of
+containerd's `shim delete`: it imports nothing more than it needs."""
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from kata_py.agent import linux
-from kata_py.agent.mounts import parse_options
 from kata_py.errors import ConfigError, ResourceError
-
-log = logging.getLogger(__name__)
 
 
 def mount_all(mounts: list[Any], target: Path) -> bool:
     """Mount containerd's `mounts` (containerd.types.Mount) onto target in
     order; True when anything was mounted. A failure unmounts what was done."""
+    from kata_py.agent.mounts import parse_options
+
     if not mounts:
         return False
     target.mkdir(mode=0o711, exist_ok=True)
@@ -61,7 +60,9 @@ def unmount(target: Path) -> None:
             linux.umount2(str(target), linux.MNT_DETACH)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOENT):
-                log.warning("unmount %s: %s", target, exc)
+                import logging
+
+                logging.getLogger(__name__).warning("unmount %s: %s", target, exc)
             return
         if not os.path.ismount(target):
             return
