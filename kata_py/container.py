@@ -187,11 +187,16 @@ class Container:
         from kata_py.spec import load_spec
         from kata_py.translate import to_launch_config
 
-        spec = spec if spec is not None else load_spec(request.bundle)
-        if request.rootfs is not None:
-            spec = dataclasses.replace(spec, root=dataclasses.replace(
-                spec.root, path=request.rootfs))
-        launch, shares = to_launch_config(spec, request.id, str(request.bundle))
+        try:
+            spec = spec if spec is not None else load_spec(request.bundle)
+            if request.rootfs is not None:
+                spec = dataclasses.replace(spec, root=dataclasses.replace(
+                    spec.root, path=request.rootfs))
+            launch, shares = to_launch_config(spec, request.id, str(request.bundle))
+        except BaseException:
+            if sandbox is not None and owns_sandbox:
+                sandbox.stop()
+            raise
         launch = dataclasses.replace(launch, no_pivot=request.no_pivot)
         t_boot = time.monotonic()
         if sandbox is None:

@@ -62,8 +62,8 @@ class Prestart:
     """The VM of the task `start` was run for, booted while containerd goes
     on to Create: containerd writes the bundle's config.json before it runs
     `start`, so the VM's size, network namespace and runtime options are
-    known a few hundred ms before Create arrives (what Kata's shim does too:
-    its sandbox starts in Create, so this is ours to win). A spec the host
+    known a few hundred ms before Create arrives (Kata's shim waits for
+    Create to start its sandbox: ours does not). A spec the host
     refuses boots nothing (Create reports it). Create takes the VM if its
     own options give the same runtime config; else, or if the boot failed,
     Create boots as it would have. An unclaimed VM is stopped at exit."""

@@ -92,6 +92,19 @@ def test_a_failed_create_in_a_shared_sandbox_leaves_it_running(cfg: RuntimeConfi
     assert len(FakeSandbox.made) == 1          # no second VM booted
 
 
+@pytest.mark.parametrize("owned", [True, False])
+def test_a_spec_refused_after_the_boot_stops_only_a_sandbox_booted_for_it(
+        cfg: RuntimeConfig, tmp_path: Path, owned: bool) -> None:
+    """The shim boots a task's VM at `start` and hands it to Create: a
+    config.json refused then must not leave that VM running."""
+    sandbox = Container.boot(cfg, "c1", spec_in(tmp_path / "c1"), FakeSandbox)
+    (tmp_path / "gone").mkdir()             # no config.json
+    with pytest.raises(KataError):
+        Container.create(cfg, CreateRequest("c1", tmp_path / "gone"), sandbox=sandbox,
+                         owns_sandbox=owned, new_sandbox=FakeSandbox)
+    assert ("stop" in sandbox.events) is owned and sandbox.members == set()
+
+
 def test_the_same_id_twice_in_one_sandbox_is_refused(cfg: RuntimeConfig, tmp_path: Path) -> None:
     first = create(cfg, tmp_path, "c1")
     with pytest.raises(ExistsError, match="already in sandbox c1"):
