@@ -208,6 +208,7 @@ class ContainerManager:
         self.zygote = zygote
         self.containers: dict[str, Container] = {}
         self.lock = threading.Lock()
+        launch_config.warm()        # before ready: a template's VMs inherit it
 
     def get(self, container_id: str, exec_id: str = "") -> Container:
         key = process_key(container_id, exec_id)
@@ -497,3 +498,4 @@ class ContainerManager:
                 log.warning("cgroup of %s not removed: %s", container_id, exc)
         with self.lock:
             self.containers.pop(process_key(container_id, exec_id), None)
+

@@ -294,6 +294,35 @@ def _fields(cls: Any) -> tuple[dict[str, Any], frozenset[str]]:
     return known
 
 
+def warm() -> None:
+    """Resolve the field types of every description class now. The agent
+    calls this before it reports ready, so every VM restored from a
+    template starts with them: in the first from_json of a VM they cost
+    ≈ 0.1 s of its CreateContainer under TCG."""
+    todo: list[Any] = [LaunchConfig, Resources]
+    while todo:
+        cls = todo.pop()
+        if cls in _FIELDS:
+            continue
+        hints, _ = _fields(cls)
+        for hint in hints.values():
+            nested = _nested(hint)
+            if nested is not None:
+                todo.append(nested)
+
+
+def _nested(hint: Any) -> Any:
+    """The dataclass a field's type holds (directly, optional, or as the
+    items of a tuple or dict), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        found = _nested(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _decode(cls: type[T], raw: Any, path: str) -> T:
     if not isinstance(raw, dict):
         raise LaunchConfigError(f"{path or '<root>'}: expected an object")
