@@ -49,7 +49,8 @@ def _what_was_left(ctrd: Containerd) -> str:
     logs = [f"--- {log.name}:\n{log.read_text(errors='replace')[-6000:]}"
             for log in sorted((STATE / "shims").glob("*.log"))]
     tail = (ctrd.base / "containerd.log").read_text(errors="replace").splitlines()[-40:]
-    return "\n".join([*logs, "--- containerd.log (tail):", *tail])
+    return "\n".join(["--- left running:", *_ours(), *logs, "--- containerd.log (tail):",
+                      *tail])
 
 
 @pytest.fixture
