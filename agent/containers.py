@@ -498,4 +498,3 @@ class ContainerManager:
                 log.warning("cgroup of %s not removed: %s", container_id, exc)
         with self.lock:
             self.containers.pop(process_key(container_id, exec_id), None)
-

@@ -155,6 +155,15 @@ class Container:
         return linux is not None and any(ns.type == "pid" and not ns.path
                                          for ns in linux.namespaces)
 
+    def flushed_by_exit(self, code: int) -> bool:
+        """Whether the init's exit with `code` left nothing in the guest to
+        write to the share, so stop(guest_flushed=True) may end QEMU without
+        DestroySandbox: the agent synced before it reported the exit, and
+        with its own pid namespace every writer of the container is gone."""
+        from kata_py.stdio import AGENT_GONE_EXIT
+
+        return self.own_pid_ns and code != AGENT_GONE_EXIT
+
     @staticmethod
     def boot(cfg: RuntimeConfig, sandbox_id: str, spec: Spec,
              new_sandbox: Callable[..., Sandbox] = Sandbox) -> Sandbox:

@@ -167,7 +167,6 @@ class Monitor:
         self.starter: StartListener | None = None
         self.view: StatsView | None = None
         self.procs: ProcView | None = None
-        self.own_pid_ns = False
         self.holder = holder
 
     def setup(self) -> ContainerState:
@@ -187,7 +186,6 @@ class Monitor:
             self.cid, Path(state.bundle), no_pivot=self.no_pivot), spec)
         self.container = container
         self.sandbox = container.sandbox
-        self.own_pid_ns = container.own_pid_ns
         if self.holder is None:
             state = dataclasses.replace(state, pid=me.pid, pid_start_time=me.start_time)
         state = dataclasses.replace(state, status="created")
@@ -307,10 +305,8 @@ class Monitor:
         # agent connection, `delete` (or run's) only removes the state, and
         # imports no gRPC (≈ 0.2 → 0.07 s). The exit status waits for it.
         started = time.monotonic()
-        # The agent synced before it reported the exit; with its own pid
-        # namespace, nothing of the container is left to write.
         assert self.container is not None
-        self.container.stop(guest_flushed=self.own_pid_ns and code != AGENT_GONE_EXIT)
+        self.container.stop(guest_flushed=self.container.flushed_by_exit(code))
         log.info("sandbox %s stopped in %.3fs", self.cid, time.monotonic() - started)
         return code
 

@@ -47,7 +47,7 @@ from kata_py.protocols import containerd_task_pb2 as task_pb
 from kata_py.protocols import containerd_task_types_pb2 as types_pb
 from kata_py.shimv2 import rootfs, ttrpc
 from kata_py.shimv2.events import Publisher, to_any
-from kata_py.stdio import AGENT_GONE_EXIT, Relay
+from kata_py.stdio import Relay
 
 log = logging.getLogger(__name__)
 
@@ -373,12 +373,8 @@ class TaskService:
                 task.execs.pop(r.exec_id, None)
             return task_pb.DeleteResponse(pid=pid, exit_status=proc.exit_status,
                                           exited_at=proc.exited_at)
-        # As the monitor does: the agent synced before it reported the exit,
-        # and with its own pid namespace nothing of the container is left to
-        # write, so QEMU is ended without a DestroySandbox round trip.
         self.stop_container(task.container, proc.exited_at is not None
-                            and proc.exit_status != AGENT_GONE_EXIT
-                            and task.container.own_pid_ns)
+                            and task.container.flushed_by_exit(proc.exit_status))
         rootfs.unmount(Path(task.bundle) / "rootfs")
         if proc.exited_at is None:          # never started: it ends with its VM
             proc.status = "stopped"

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from kata_py.config import RuntimeConfig
+from kata_py.container import Container
 from kata_py.guest_cgroup import GuestCgroup
 from kata_py.private import bind_unix
 from kata_py.protocols import containerd_task_pb2 as task_pb
@@ -78,6 +79,7 @@ class FakeAgent:
 
 
 class FakeContainer:
+    flushed_by_exit = Container.flushed_by_exit      # the core's rule, on the fake's pid ns
     def __init__(self, cid: str) -> None:
         self.id = cid
         self.agent = FakeAgent()
